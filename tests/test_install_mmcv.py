@@ -1,0 +1,50 @@
+"""tools/install_mmcv.py: cache key, C++ standard patch, verification of the ops."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'install_mmcv.py'
+
+
+@pytest.fixture(scope='module')
+def installer():
+    spec = importlib.util.spec_from_file_location('install_mmcv', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cache_key_names_mmcv_torch_python_and_flavour(installer, monkeypatch, tmp_path):
+    monkeypatch.setenv('CONVNEXT_DENSE_CACHE', str(tmp_path))
+    key = installer.cache_dir('2.1.0')
+    assert key.parent == tmp_path / 'wheels'
+    torch_version = torch.__version__.split('+')[0]
+    flavour = 'cpu' if not torch.cuda.is_available() else 'cu'
+    py = f'py{sys.version_info.major}{sys.version_info.minor}'
+    assert key.name.startswith(f'mmcv-2.1.0_torch-{torch_version}_{flavour}')
+    assert key.name.endswith(py)
+
+
+def test_cxx_standard_patch(installer, tmp_path):
+    (tmp_path / 'setup.py').write_text(
+        "extra = ['-std=c++14']\nflags = ['-std=c++17', '-O3']\nkeep = '-std=c++20'\n")
+    installer.patch_cxx_standard(tmp_path)
+    text = (tmp_path / 'setup.py').read_text()
+    assert '-std=c++14' not in text and '-std=c++17' not in text
+    assert text.count('-std=c++20') == 3 and "'-O3'" in text
+
+
+def test_installed_mmcv_ops_verify(installer):
+    import mmcv
+    assert installer.verify(mmcv.__version__)
+    assert not installer.verify('0.0.0', quiet=True)  # a version mismatch is a failure
+
+
+def test_failed_command_raises_a_clear_error(installer):
+    with pytest.raises(installer.InstallError, match='exit code 3'):
+        installer.run([sys.executable, '-c', 'raise SystemExit(3)'])

@@ -1,0 +1,189 @@
+"""Build (or reuse) mmcv with its compiled ops for the torch in this environment.
+
+PyPI only has mmcv's source distribution for modern torch, so the compiled ops
+(NMS, RoIAlign, ...) that Mask R-CNN and Cascade Mask R-CNN need must be built
+locally. This script:
+
+1. returns at once if the requested mmcv is installed and its ops work;
+2. otherwise installs a cached wheel keyed by mmcv, torch, Python and
+   CPU/CUDA versions (``$CONVNEXT_DENSE_CACHE``, default
+   ``~/.cache/convnext_dense/wheels``), when one exists;
+3. otherwise downloads the sdist, rewrites its ``-std=c++14/17`` flags to
+   ``-std=c++20`` when the installed torch headers need C++20, builds a wheel
+   (CUDA ops when torch sees a GPU and a CUDA toolchain, CPU ops otherwise),
+   caches it and installs it;
+4. verifies the result by running an NMS and a RoIAlign in a fresh process.
+
+Any failure ends with a non-zero exit code and a message saying what failed.
+
+Usage: ``python tools/install_mmcv.py [--version 2.1.0] [--force-build]``
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+DEFAULT_MMCV_VERSION = '2.1.0'
+
+VERIFY_SNIPPET = """
+import mmcv, torch
+from mmcv.ops import nms, roi_align
+assert mmcv.__version__ == {version!r}, mmcv.__version__
+boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.], [50., 50., 60., 60.]])
+scores = torch.tensor([0.9, 0.8, 0.7])
+_, keep = nms(boxes, scores, iou_threshold=0.5)
+assert keep.tolist() == [0, 2], keep
+feat = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8)
+rois = torch.tensor([[0., 0., 0., 4., 4.]])
+out = roi_align(feat, rois, (2, 2), 1.0, 2, 'avg', True)
+assert out.shape == (1, 1, 2, 2), out.shape
+print('mmcv', mmcv.__version__, 'ops OK on', 'cuda' if {cuda!r} else 'cpu')
+"""
+
+
+class InstallError(RuntimeError):
+    """A step of the mmcv installation failed."""
+
+
+def log(msg: str) -> None:
+    print(f'[install_mmcv] {msg}', flush=True)
+
+
+def run(cmd: list[str], **kwargs) -> None:
+    log('$ ' + ' '.join(cmd))
+    result = subprocess.run(cmd, **kwargs)
+    if result.returncode != 0:
+        raise InstallError(f'command failed with exit code {result.returncode}: {" ".join(cmd)}')
+
+
+def torch_info() -> tuple[str, str | None, bool]:
+    """Return (torch version, CUDA version of the build or None, build CUDA ops?)."""
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError as exc:
+        raise InstallError('torch must be installed before mmcv is built '
+                           f'(import failed: {exc})') from exc
+    with_cuda = bool(torch.version.cuda) and torch.cuda.is_available() and \
+        cpp_extension.CUDA_HOME is not None and \
+        shutil.which('nvcc', path=os.path.join(cpp_extension.CUDA_HOME, 'bin')) is not None
+    return torch.__version__.split('+')[0], torch.version.cuda, with_cuda
+
+
+def torch_needs_cxx20() -> bool:
+    import torch
+    aten_header = Path(torch.__file__).parent / 'include' / 'ATen' / 'ATen.h'
+    return aten_header.is_file() and 'C++20' in aten_header.read_text(errors='ignore')
+
+
+def cache_dir(mmcv_version: str) -> Path:
+    torch_version, cuda_version, with_cuda = torch_info()
+    flavour = f'cu{cuda_version.replace(".", "")}' if with_cuda else 'cpu'
+    py = f'py{sys.version_info.major}{sys.version_info.minor}'
+    root = Path(os.environ.get('CONVNEXT_DENSE_CACHE',
+                               Path.home() / '.cache' / 'convnext_dense')) / 'wheels'
+    return root / f'mmcv-{mmcv_version}_torch-{torch_version}_{flavour}_{py}'
+
+
+def verify(mmcv_version: str, quiet: bool = False) -> bool:
+    """Check in a fresh interpreter that mmcv imports and its ops run."""
+    _, _, with_cuda = torch_info()
+    code = VERIFY_SNIPPET.format(version=mmcv_version, cuda=with_cuda)
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    if result.returncode == 0:
+        log(result.stdout.strip())
+        return True
+    if not quiet:
+        log('verification failed:\n' + (result.stderr or result.stdout).strip()[-2000:])
+    return False
+
+
+def patch_cxx_standard(src_dir: Path) -> None:
+    """Rewrite mmcv's hard-coded C++14/17 flags to C++20 for torch >= 2.10 headers."""
+    setup_py = src_dir / 'setup.py'
+    text = setup_py.read_text()
+    patched = re.sub(r'-std=c\+\+1[47]', '-std=c++20', text)
+    if patched != text:
+        setup_py.write_text(patched)
+        log('patched setup.py: -std=c++14/17 -> -std=c++20')
+
+
+def build_wheel(mmcv_version: str, out_dir: Path) -> Path:
+    """Download mmcv's sdist, patch it if needed and build a wheel into out_dir."""
+    _, _, with_cuda = torch_info()
+    with tempfile.TemporaryDirectory(prefix='mmcv-build-') as tmp:
+        tmp_path = Path(tmp)
+        run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:',
+             '--no-build-isolation', '-d', str(tmp_path / 'sdist'), f'mmcv=={mmcv_version}'])
+        sdists = list((tmp_path / 'sdist').glob('mmcv-*.tar.gz'))
+        if not sdists:
+            raise InstallError(f'pip download produced no mmcv sdist in {tmp_path / "sdist"}')
+        with tarfile.open(sdists[0]) as tar:
+            tar.extractall(tmp_path / 'src', filter='data')
+        src_dir = next((tmp_path / 'src').iterdir())
+        if torch_needs_cxx20():
+            patch_cxx_standard(src_dir)
+        env = dict(os.environ, MMCV_WITH_OPS='1',
+                   MAX_JOBS=os.environ.get('MAX_JOBS', str(os.cpu_count() or 2)))
+        if with_cuda:
+            env['FORCE_CUDA'] = '1'
+        log(f'building mmcv {mmcv_version} with {"CUDA" if with_cuda else "CPU"} ops '
+            f'(MAX_JOBS={env["MAX_JOBS"]}); this takes several minutes')
+        wheel_tmp = tmp_path / 'wheel'
+        run([sys.executable, '-m', 'pip', 'wheel', '--no-build-isolation', '--no-deps',
+             '-w', str(wheel_tmp), str(src_dir)], env=env)
+        wheels = list(wheel_tmp.glob('mmcv-*.whl'))
+        if not wheels:
+            raise InstallError(f'the mmcv build produced no wheel in {wheel_tmp}')
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / wheels[0].name
+        partial = target.with_suffix('.partial')
+        shutil.copyfile(wheels[0], partial)
+        os.replace(partial, target)  # the cache never holds a half-written wheel
+        return target
+
+
+def install(mmcv_version: str, force_build: bool = False) -> None:
+    if not force_build and verify(mmcv_version, quiet=True):
+        log('already installed, nothing to do')
+        return
+    wheel_dir = cache_dir(mmcv_version)
+    wheels = sorted(wheel_dir.glob('mmcv-*.whl'))
+    if wheels and not force_build:
+        log(f'using cached wheel {wheels[0]}')
+        wheel = wheels[0]
+    else:
+        wheel = build_wheel(mmcv_version, wheel_dir)
+        log(f'cached wheel {wheel}')
+    run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--force-reinstall', str(wheel)])
+    # mmcv's own runtime requirements, without letting pip touch torch.
+    run([sys.executable, '-m', 'pip', 'install', 'addict', 'packaging', 'Pillow', 'pyyaml',
+         'yapf'])
+    if not verify(mmcv_version):
+        raise InstallError(f'mmcv {mmcv_version} was installed from {wheel} but its ops do '
+                           'not work; delete that wheel and run with --force-build')
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--version', default=DEFAULT_MMCV_VERSION, help='mmcv version')
+    parser.add_argument('--force-build', action='store_true',
+                        help='rebuild even if a cached wheel or a working install exists')
+    args = parser.parse_args()
+    try:
+        install(args.version, args.force_build)
+    except InstallError as exc:
+        log(f'ERROR: {exc}')
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
