@@ -1,0 +1,32 @@
+"""Shared test helpers."""
+from __future__ import annotations
+
+import torch
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| in float64."""
+    actual, expected = actual.double(), expected.double()
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-12)).item()
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter random values of a scale that keeps activations sane.
+
+    LayerNorm weights near 1; conv/linear weights scaled by fan-in; biases,
+    layer scales and GRN parameters small but non-zero, so that every
+    parameter visibly changes the output.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    norm_weights = {id(m.weight) for m in module.modules()
+                    if isinstance(m, torch.nn.LayerNorm) and m.weight is not None}
+    with torch.no_grad():
+        for param in module.parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            if id(param) in norm_weights:
+                param.copy_(1 + 0.1 * noise)
+            elif param.dim() >= 2 and param.numel() > param.shape[-1]:
+                param.copy_(noise / param[0].numel() ** 0.5)
+            else:
+                param.copy_(0.1 * noise)
+    return module

@@ -1,0 +1,202 @@
+"""The ConvNeXt backbone: shapes, options, freezing, checkpointing, errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convnext_dense import ARCH_SETTINGS, ConvNeXt
+from convnext_dense.backbone import STAGE_STRIDES
+from tests.conftest import randomize_, relative_error
+
+INPUT_SIZES = [(32, 32), (65, 47), (224, 160)]
+
+
+@pytest.mark.parametrize('arch', list(ARCH_SETTINGS))
+def test_shapes_and_strides_for_every_arch(arch):
+    model = ConvNeXt(arch=arch).eval()
+    dims = ARCH_SETTINGS[arch]['dims']
+    assert model.out_channels == dims
+    assert model.out_strides == STAGE_STRIDES
+    for height, width in INPUT_SIZES:
+        with torch.no_grad():
+            outs = model(torch.randn(1, 3, height, width))
+        expected_h, expected_w = height // 4, width // 4
+        for i, out in enumerate(outs):
+            assert out.shape == (1, dims[i], expected_h, expected_w), (arch, height, width, i)
+            expected_h, expected_w = expected_h // 2, expected_w // 2
+            assert torch.isfinite(out).all()
+
+
+def test_parameter_names_follow_the_official_release():
+    names = set(dict(ConvNeXt(arch='atto', use_grn=False).named_parameters()))
+    for expected in ['downsample_layers.0.0.weight', 'downsample_layers.0.1.weight',
+                     'downsample_layers.3.0.bias', 'downsample_layers.3.1.weight',
+                     'stages.2.5.dwconv.weight', 'stages.2.5.norm.weight',
+                     'stages.2.5.pwconv1.weight', 'stages.2.5.pwconv2.bias', 'stages.2.5.gamma',
+                     'norm0.weight', 'norm3.bias']:
+        assert expected in names
+    grn = dict(ConvNeXt(arch='atto', use_grn=True, layer_scale_init_value=0).named_parameters())
+    assert grn['stages.0.0.grn.gamma'].shape == (1, 1, 1, 160)
+    assert 'stages.0.0.gamma' not in grn
+
+
+def test_parameter_counts_match_the_paper_backbones():
+    # ImageNet-1K classifiers in the paper: T 28M, S 50M, B 89M, L 198M, XL 350M;
+    # they add a 1000-way head and a final norm, and lack the four output norms.
+    def backbone_params(arch):
+        return sum(p.numel() for p in ConvNeXt(arch=arch).parameters())
+    for arch, classifier_params in [('tiny', 28.6e6), ('small', 50.2e6), ('base', 88.6e6)]:
+        dims = ARCH_SETTINGS[arch]['dims']
+        head = dims[-1] * 1000 + 1000 + 2 * dims[-1]
+        out_norms = 2 * sum(dims)
+        classifier = backbone_params(arch) - out_norms + head
+        assert classifier == pytest.approx(classifier_params, rel=0.01)
+
+
+def test_explicit_depths_and_dims():
+    model = ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), out_indices=(1, 3)).eval()
+    assert len(model.stages[2]) == 2
+    outs = model(torch.randn(2, 3, 64, 64))
+    assert [o.shape for o in outs] == [(2, 16, 8, 8), (2, 32, 2, 2)]
+
+
+@pytest.mark.parametrize('out_indices', [(0,), (3,), (1, 2), (3, 1), (2, 0, 3), [0, 1, 2, 3]])
+def test_out_indices_subsets_keep_order(out_indices):
+    model = ConvNeXt(arch='atto', out_indices=out_indices).eval()
+    full = ConvNeXt(arch='atto').eval()
+    full.load_state_dict(model.state_dict(), strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        outs, full_outs = model(x), full(x)
+    assert len(outs) == len(out_indices)
+    assert model.out_channels == tuple(ARCH_SETTINGS['atto']['dims'][i] for i in out_indices)
+    for out, i in zip(outs, out_indices):
+        torch.testing.assert_close(out, full_outs[i])
+    # Only the requested stages get an output norm.
+    norms = {n.split('.')[0] for n, _ in model.named_parameters() if n.startswith('norm')}
+    assert norms == {f'norm{i}' for i in out_indices}
+
+
+@pytest.mark.parametrize('frozen_stages', [1, 2, 4])
+def test_frozen_stages_stay_frozen_after_train(frozen_stages):
+    model = ConvNeXt(arch='atto', frozen_stages=frozen_stages, drop_path_rate=0.2)
+    model.train()
+    for i in range(4):
+        frozen = i < frozen_stages
+        for module in (model.downsample_layers[i], model.stages[i]):
+            assert all(not m.training for m in module.modules()) == frozen
+            assert all(p.requires_grad != frozen for p in module.parameters())
+        # output norms are learnt for the dense task and never frozen
+        assert all(p.requires_grad for p in getattr(model, f'norm{i}').parameters())
+    assert model.train() is model
+    sum(o.sum() for o in model(torch.randn(1, 3, 64, 64))).backward()
+    for i in range(frozen_stages):
+        assert all(p.grad is None for p in model.stages[i].parameters())
+        assert all(p.grad is None for p in model.downsample_layers[i].parameters())
+    if frozen_stages < 4:
+        assert model.stages[frozen_stages][0].dwconv.weight.grad is not None
+
+
+@pytest.mark.parametrize('frozen_stages', [-1, 0])
+def test_frozen_stages_none(frozen_stages):
+    model = ConvNeXt(arch='atto', frozen_stages=frozen_stages).train()
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_frozen_stages_are_deterministic_in_train_mode():
+    model = ConvNeXt(arch='atto', frozen_stages=4, drop_path_rate=0.5, out_indices=(3,))
+    model.train()
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(model(x)[0], model(x)[0])
+
+
+def test_with_cp_gives_identical_outputs_and_gradients():
+    torch.manual_seed(0)
+    plain = ConvNeXt(arch='atto', drop_path_rate=0.3, layer_scale_init_value=1.0).train()
+    checkpointed = ConvNeXt(arch='atto', drop_path_rate=0.3, layer_scale_init_value=1.0,
+                            with_cp=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    results = []
+    for model in (plain, checkpointed):
+        torch.manual_seed(123)
+        outs = model(x)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        results.append((outs, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (outs_a, grads_a), (outs_b, grads_b) = results
+    for a, b in zip(outs_a, outs_b):
+        torch.testing.assert_close(a, b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+
+
+def test_drop_path_active_in_train_and_off_in_eval():
+    model = ConvNeXt(arch='atto', drop_path_rate=0.5, layer_scale_init_value=1.0)
+    reference = ConvNeXt(arch='atto', drop_path_rate=0.0, layer_scale_init_value=1.0)
+    reference.load_state_dict(model.state_dict())
+    rates = [block.drop_path.drop_prob for stage in model.stages for block in stage
+             if hasattr(block.drop_path, 'drop_prob')]
+    assert rates[-1] == pytest.approx(0.5) and rates == sorted(rates)
+    assert isinstance(model.stages[0][0].drop_path, torch.nn.Identity)  # rate 0: no op
+    x = torch.randn(4, 3, 64, 64)
+    model.eval(), reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[-1], reference(x)[-1])
+        model.train()
+        torch.manual_seed(0)
+        first = model(x)[-1]
+        torch.manual_seed(1)
+        second = model(x)[-1]
+    assert relative_error(first, second) > 1e-3
+
+
+def test_grn_variant_changes_the_block():
+    torch.manual_seed(0)
+    v2 = randomize_(ConvNeXt(arch='atto', use_grn=True, layer_scale_init_value=0)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        base = v2(x)[-1]
+        for stage in v2.stages:
+            for block in stage:
+                block.grn.gamma.zero_()
+                block.grn.beta.zero_()
+        # with zero gamma/beta GRN is the identity: the output must change
+        assert relative_error(v2(x)[-1], base) > 1e-3
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(arch='huge'), "arch must be one of"),
+    (dict(arch='tiny', depths=(1, 1, 1, 1), dims=(8, 8, 8, 8)), 'either arch or depths'),
+    (dict(depths=(1, 1, 1)), 'depths and dims must be given together'),
+    (dict(depths=(1, 1, 1), dims=(8, 8, 8)), 'depths must be 4 positive integers'),
+    (dict(depths=(1, 1, 1, 1), dims=(8, 0, 8, 8)), 'dims must be 4 positive integers'),
+    (dict(out_indices=(4,)), r'out_indices must be a subset of 0..3, got \(4,\)'),
+    (dict(out_indices=(-1,)), 'out_indices must be a subset of 0..3'),
+    (dict(out_indices=(1, 1)), 'must not repeat'),
+    (dict(out_indices=()), 'non-empty'),
+    (dict(drop_path_rate=-0.1), r'drop_path_rate must be in \[0, 1\)'),
+    (dict(drop_path_rate=1.0), r'drop_path_rate must be in \[0, 1\)'),
+    (dict(frozen_stages=5), 'frozen_stages must be an integer in -1..4'),
+    (dict(frozen_stages=-2), 'frozen_stages must be an integer in -1..4'),
+    (dict(layer_scale_init_value=-1), 'layer_scale_init_value must be >= 0'),
+    (dict(in_channels=0), 'in_channels must be a positive integer'),
+])
+def test_invalid_arguments_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ConvNeXt(**kwargs)
+
+
+def test_invalid_inputs_are_rejected():
+    model = ConvNeXt(arch='atto').eval()
+    with pytest.raises(ValueError, match='at least 32x32.*got 31x64'):
+        model(torch.randn(1, 3, 31, 64))
+    with pytest.raises(ValueError, match='in_channels=3.*4 channels'):
+        model(torch.randn(1, 4, 64, 64))
+    with pytest.raises(ValueError, match='NCHW'):
+        model(torch.randn(3, 64, 64))
+
+
+def test_in_channels():
+    model = ConvNeXt(arch='atto', in_channels=1).eval()
+    assert model(torch.randn(1, 1, 32, 32))[0].shape == (1, 40, 8, 8)

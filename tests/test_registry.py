@@ -1,0 +1,151 @@
+"""Registration in mmdet and mmseg: one class, built from config dicts and files."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import mmdet.models  # noqa: F401  (registers mmdet's models)
+import mmseg.models  # noqa: F401  (registers mmseg's models)
+import pytest
+import torch
+from mmdet.registry import MODELS as MMDET_MODELS
+from mmdet.structures import DetDataSample
+from mmdet.structures.mask import BitmapMasks
+from mmengine import Config
+from mmengine.registry import DefaultScope, Registry
+from mmengine.structures import InstanceData, PixelData
+from mmseg.registry import MODELS as MMSEG_MODELS
+from mmseg.structures import SegDataSample
+
+import convnext_dense
+from convnext_dense import ConvNeXt
+from convnext_dense.registry import register
+
+ATTO_DIMS = [40, 80, 160, 320]
+
+
+def test_one_class_registered_in_both_toolboxes():
+    assert convnext_dense.REGISTERED_SCOPES == ['mmdet', 'mmseg']
+    assert MMDET_MODELS.get('ConvNeXt') is ConvNeXt
+    assert MMSEG_MODELS.get('ConvNeXt') is ConvNeXt
+    det = MMDET_MODELS.build(dict(type='ConvNeXt', arch='atto', out_indices=(1, 2)))
+    seg = MMSEG_MODELS.build(dict(type='ConvNeXt', arch='femto', drop_path_rate=0.1))
+    assert isinstance(det, ConvNeXt) and det.out_channels == (80, 160)
+    assert isinstance(seg, ConvNeXt) and seg.out_channels == (48, 96, 192, 384)
+
+
+def test_register_refuses_to_shadow_another_class():
+    registry = Registry('models', scope='probe')
+    register(registry, ConvNeXt)
+    register(registry, ConvNeXt)  # idempotent
+    other = type('ConvNeXt', (), {})
+    with pytest.raises(KeyError, match="already has 'ConvNeXt'"):
+        register(registry, other)
+
+
+def load_packaged_config(tmp_path, base: str) -> Config:
+    """Load one of mmdet's/mmseg's packaged configs the way user configs inherit it."""
+    config = tmp_path / 'inherits.py'
+    config.write_text(f'_base_ = [{base!r}]\n')
+    return Config.fromfile(str(config))
+
+
+def test_mask_rcnn_with_convnext_trains_and_predicts(tmp_path):
+    cfg = load_packaged_config(tmp_path, 'mmdet::_base_/models/mask-rcnn_r50_fpn.py')
+    cfg.model.backbone = dict(type='ConvNeXt', arch='atto', drop_path_rate=0.1)
+    cfg.model.neck.in_channels = ATTO_DIMS
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MMDET_MODELS.build(cfg.model)
+    model.init_weights()
+    assert isinstance(model.backbone, ConvNeXt)
+
+    image = torch.randint(0, 255, (3, 128, 160), dtype=torch.uint8)
+    sample = DetDataSample(metainfo=dict(img_shape=(128, 160), ori_shape=(128, 160),
+                                         scale_factor=(1.0, 1.0), pad_shape=(128, 160),
+                                         batch_input_shape=(128, 160)))
+    mask = torch.zeros(1, 128, 160, dtype=torch.bool)
+    mask[:, 20:80, 30:100] = True
+    sample.gt_instances = InstanceData(bboxes=torch.tensor([[30., 20., 100., 80.]]),
+                                       labels=torch.tensor([3]),
+                                       masks=BitmapMasks(mask.numpy(), 128, 160))
+    data = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), training=True)
+    model.train()
+    losses = model(**data, mode='loss')
+    total, _ = model.parse_losses(losses)
+    total.backward()
+    assert torch.isfinite(total)
+    assert model.backbone.stages[0][0].dwconv.weight.grad is not None
+
+    model.eval()
+    data = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), training=False)
+    with torch.no_grad():
+        result = model(**data, mode='predict')[0]
+    assert 'bboxes' in result.pred_instances
+
+
+def test_upernet_with_convnext_trains(tmp_path):
+    cfg = load_packaged_config(tmp_path, 'mmseg::_base_/models/upernet_r50.py')
+    cfg.model.pretrained = None  # the ResNet base points at a hub checkpoint
+    cfg.model.backbone = dict(type='ConvNeXt', arch='atto')
+    cfg.model.decode_head.in_channels = ATTO_DIMS
+    cfg.model.decode_head.norm_cfg = dict(type='BN', requires_grad=True)
+    cfg.model.auxiliary_head.in_channels = ATTO_DIMS[2]
+    cfg.model.auxiliary_head.norm_cfg = dict(type='BN', requires_grad=True)
+    cfg.model.data_preprocessor.size = (64, 64)
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        model = MMSEG_MODELS.build(cfg.model).train()
+    images = [torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8) for _ in range(2)]
+    samples = []
+    for _ in range(2):
+        sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64),
+                                             pad_shape=(64, 64)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, cfg.model.decode_head.num_classes, (1, 64, 64)))
+        samples.append(sample)
+    data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
+    losses = model(**data, mode='loss')
+    total, _ = model.parse_losses(losses)
+    total.backward()
+    assert torch.isfinite(total)
+    assert isinstance(model.backbone, ConvNeXt)
+
+
+def run_python(code: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_custom_imports_in_a_config_file(tmp_path):
+    config = tmp_path / 'cfg.py'
+    config.write_text(textwrap.dedent("""
+        custom_imports = dict(imports=['convnext_dense'], allow_failed_imports=False)
+        default_scope = 'mmseg'
+        model = dict(type='ConvNeXt', arch='pico', out_indices=[3])
+    """))
+    result = run_python(f"""
+        from mmengine import Config
+        from mmengine.registry import MODELS, DefaultScope
+        import sys
+        assert 'convnext_dense' not in sys.modules
+        cfg = Config.fromfile({str(config)!r})
+        assert 'convnext_dense' in sys.modules
+        import mmseg.registry
+        model = mmseg.registry.MODELS.build(cfg.model)
+        print(type(model).__module__, model.out_channels)
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'convnext_dense.backbone (512,)' in result.stdout
+
+
+@pytest.mark.parametrize('missing, present', [('mmseg', 'mmdet'), ('mmdet', 'mmseg')])
+def test_import_works_with_only_one_toolbox(tmp_path, missing, present):
+    result = run_python(f"""
+        import sys
+        sys.modules[{missing!r}] = None  # as if it were not installed
+        import convnext_dense
+        import {present}.registry
+        print(convnext_dense.REGISTERED_SCOPES)
+        print(type({present}.registry.MODELS.build(dict(type='ConvNeXt', arch='atto'))).__name__)
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [f"['{present}']", 'ConvNeXt']
