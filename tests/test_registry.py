@@ -96,11 +96,12 @@ def test_upernet_with_convnext_trains(tmp_path):
     with DefaultScope.overwrite_default_scope('mmseg'):
         model = MMSEG_MODELS.build(cfg.model).train()
     images = [torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8) for _ in range(2)]
+    num_classes = cfg.model.decode_head.num_classes
     samples = []
     for _ in range(2):
         sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64),
                                              pad_shape=(64, 64)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, cfg.model.decode_head.num_classes, (1, 64, 64)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, 64, 64)))
         samples.append(sample)
     data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
     losses = model(**data, mode='loss')
