@@ -109,9 +109,11 @@ class ConvNeXt(BaseModule):
             more compute, identical results).
         use_grn: Use ConvNeXt V2 blocks (Global Response Normalization);
             V2 checkpoints also need ``layer_scale_init_value=0``.
-        init_cfg: mmengine initialisation config, e.g.
-            ``dict(type='Pretrained', checkpoint=PATH)``. Without it, weights
-            get the official initialisation (truncated normal, std 0.02).
+        init_cfg: mmengine initialisation config. ``dict(type='Pretrained',
+            checkpoint=PATH_OR_URL)`` loads ImageNet weights of any layout that
+            :mod:`convnext_dense.convert` knows (official, timm, mmpretrain,
+            this package's), converted in memory. Without it, weights get the
+            official initialisation (truncated normal, std 0.02).
 
     Attributes:
         out_channels: Channels of each returned feature map.
@@ -145,7 +147,7 @@ class ConvNeXt(BaseModule):
                 LayerNorm2d(self.dims[i - 1]),
                 nn.Conv2d(self.dims[i - 1], self.dims[i], kernel_size=2, stride=2)))
 
-        rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(self.depths), device='cpu').tolist()
         self.stages = nn.ModuleList()
         for i, depth in enumerate(self.depths):
             first = sum(self.depths[:i])
@@ -164,6 +166,23 @@ class ConvNeXt(BaseModule):
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             trunc_normal_(module.weight, std=0.02)
             nn.init.zeros_(module.bias)
+
+    def init_weights(self) -> None:
+        """Load ``init_cfg``'s pretrained weights (any known layout) or run mmengine's init."""
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            unsupported = set(cfg) - {'type', 'checkpoint', 'map_location', 'prefix'}
+            if 'checkpoint' not in cfg or unsupported:
+                raise ValueError("init_cfg=dict(type='Pretrained') needs 'checkpoint' and "
+                                 f"takes no other keys than map_location/prefix, got {cfg}")
+            if cfg.get('prefix') not in (None, 'backbone.'):
+                raise ValueError(f"init_cfg prefix {cfg['prefix']!r} is not supported: the "
+                                 'checkpoint layout (and its backbone. prefix) is detected')
+            from .convert import load_pretrained
+            load_pretrained(self, cfg['checkpoint'])
+            self._is_init = True
+            return
+        super().init_weights()
 
     def _freeze_stages(self) -> None:
         for i in range(max(self.frozen_stages, 0)):
