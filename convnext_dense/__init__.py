@@ -1,14 +1,18 @@
 """ConvNeXt backbone for MMDetection 3.x and MMSegmentation 1.x.
 
 ``import convnext_dense`` (or ``custom_imports=dict(imports=['convnext_dense'])``
-in a config) registers ``ConvNeXt`` in the model registry of each installed
-toolbox.
+in a config) registers ``ConvNeXt`` in the model registry and
+``ConvNeXtLayerDecayOptimizerConstructor`` in the optimizer-wrapper-constructor
+registry of each installed toolbox.
 """
 from .backbone import ARCH_SETTINGS, ConvNeXt
-from .registry import register_models
+from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor, get_layer_id, get_lr_scale
+from .registry import register_in_toolboxes, register_models
 
 __version__ = '0.1.0'
 
 REGISTERED_SCOPES = register_models(ConvNeXt)
+register_in_toolboxes('OPTIM_WRAPPER_CONSTRUCTORS', ConvNeXtLayerDecayOptimizerConstructor)
 
-__all__ = ['ARCH_SETTINGS', 'ConvNeXt', 'REGISTERED_SCOPES', '__version__']
+__all__ = ['ARCH_SETTINGS', 'ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor',
+           'REGISTERED_SCOPES', '__version__', 'get_layer_id', 'get_lr_scale']

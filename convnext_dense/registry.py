@@ -10,7 +10,7 @@ from types import ModuleType
 
 from mmengine.registry import Registry
 
-#: Toolboxes whose model registries receive the backbone.
+#: Toolboxes whose registries receive this package's classes.
 TOOLBOX_REGISTRY_MODULES = ('mmdet.registry', 'mmseg.registry')
 
 
@@ -39,11 +39,28 @@ def register(registry: Registry, cls: type, name: str | None = None) -> None:
     registry.register_module(name=name, module=cls)
 
 
-def register_models(*classes: type) -> list[str]:
-    """Register model classes in every installed toolbox; return the scopes used."""
+def register_in_toolboxes(registry_name: str, *classes: type) -> list[str]:
+    """Register classes in the registry ``registry_name`` of every installed toolbox.
+
+    Args:
+        registry_name: Attribute of ``mmdet.registry``/``mmseg.registry``, e.g.
+            ``'MODELS'`` or ``'OPTIM_WRAPPER_CONSTRUCTORS'``.
+        *classes: Classes registered under their own names.
+
+    Returns:
+        The scopes (``'mmdet'``, ``'mmseg'``) whose registry received the classes.
+    """
     scopes = []
     for module in installed_registry_modules():
+        registry = getattr(module, registry_name, None)
+        if not isinstance(registry, Registry):
+            raise ValueError(f'{module.__name__} has no registry named {registry_name!r}')
         for cls in classes:
-            register(module.MODELS, cls)
-        scopes.append(module.MODELS.scope)
+            register(registry, cls)
+        scopes.append(registry.scope)
     return scopes
+
+
+def register_models(*classes: type) -> list[str]:
+    """Register model classes in every installed toolbox; return the scopes used."""
+    return register_in_toolboxes('MODELS', *classes)

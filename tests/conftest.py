@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from mmengine import Config
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -30,3 +31,10 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             else:
                 param.copy_(0.1 * noise)
     return module
+
+
+def load_packaged_config(tmp_path, base: str) -> Config:
+    """Load one of mmdet's/mmseg's packaged configs the way user configs inherit it."""
+    config = tmp_path / 'inherits.py'
+    config.write_text(f'_base_ = [{base!r}]\n')
+    return Config.fromfile(str(config))

@@ -12,7 +12,6 @@ import torch
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmdet.structures import DetDataSample
 from mmdet.structures.mask import BitmapMasks
-from mmengine import Config
 from mmengine.registry import DefaultScope, Registry
 from mmengine.structures import InstanceData, PixelData
 from mmseg.registry import MODELS as MMSEG_MODELS
@@ -21,6 +20,7 @@ from mmseg.structures import SegDataSample
 import convnext_dense
 from convnext_dense import ConvNeXt
 from convnext_dense.registry import register
+from tests.conftest import load_packaged_config
 
 ATTO_DIMS = [40, 80, 160, 320]
 
@@ -42,13 +42,6 @@ def test_register_refuses_to_shadow_another_class():
     other = type('ConvNeXt', (), {})
     with pytest.raises(KeyError, match="already has 'ConvNeXt'"):
         register(registry, other)
-
-
-def load_packaged_config(tmp_path, base: str) -> Config:
-    """Load one of mmdet's/mmseg's packaged configs the way user configs inherit it."""
-    config = tmp_path / 'inherits.py'
-    config.write_text(f'_base_ = [{base!r}]\n')
-    return Config.fromfile(str(config))
 
 
 def test_mask_rcnn_with_convnext_trains_and_predicts(tmp_path):
