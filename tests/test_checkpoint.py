@@ -20,7 +20,7 @@ from mmengine.runner import load_checkpoint
 from convnext_dense import ConvNeXt
 from convnext_dense.checkpoint_io import CheckpointError, read_checkpoint
 from convnext_dense.convert import convert_checkpoint, convert_file, load_pretrained
-from tests.conftest import randomize_, relative_error
+from tests.conftest import load_packaged_config, randomize_, relative_error
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / 'tools' / 'convert_checkpoint.py'
@@ -383,7 +383,6 @@ def test_init_cfg_accepts_urls_and_feeds_detectors(tmp_path, timm_pth, monkeypat
     from mmdet.registry import MODELS
     from mmengine.registry import DefaultScope
 
-    from tests.test_registry import load_packaged_config
     cfg = load_packaged_config(tmp_path, 'mmdet::_base_/models/mask-rcnn_r50_fpn.py')
     cfg.model.backbone = dict(type='ConvNeXt', arch='atto',
                               init_cfg=dict(type='Pretrained', checkpoint=src.as_uri()))
