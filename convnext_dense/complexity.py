@@ -1,0 +1,103 @@
+"""Parameters and FLOPs of a config's model at the paper's input sizes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from mmengine.analysis import FlopAnalyzer
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+
+from .runner import toolbox_of
+
+#: Detection FLOPs at 1280x800 with the paper's (mmdet 2.x) dummy forward: the box
+#: heads on 1000 proposals, the mask heads on the first 100 of them.
+DET_INPUT_SIZE = (800, 1280)
+NUM_PROPOSALS = 1000
+NUM_MASK_ROIS = 100
+
+
+@dataclass(frozen=True)
+class Complexity:
+    params: int
+    flops: int | None
+    input_size: tuple[int, int]
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    """Build the config's model through its toolbox's registry, without pretrained weights."""
+    toolbox = toolbox_of(cfg)
+    registry = __import__(f'{toolbox}.registry', fromlist=['MODELS']).MODELS
+    __import__(f'{toolbox}.models')
+    model_cfg = cfg.model.copy()
+    model_cfg.backbone.pop('init_cfg', None)  # no download for counting
+    with DefaultScope.overwrite_default_scope(toolbox):
+        return registry.build(model_cfg)
+
+
+def paper_input_size(cfg: Config) -> tuple[int, int]:
+    """(height, width) of the paper's FLOPs: 1280x800 for COCO, 4:1 of the crop for ADE20K."""
+    if toolbox_of(cfg) == 'mmdet':
+        return DET_INPUT_SIZE
+    crop_height = cfg.model.data_preprocessor.size[0]
+    return crop_height, 4 * crop_height
+
+
+class DetectorDummyForward(torch.nn.Module):
+    """A two-stage detector's backbone, neck, RPN and RoI heads on fixed-count proposals."""
+
+    def __init__(self, detector: torch.nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        from mmdet.structures.bbox import bbox2roi
+        feats = self.detector.extract_feat(x)
+        outs = list(self.detector.rpn_head(feats)[0])
+        height, width = x.shape[-2:]
+        gen = torch.Generator().manual_seed(0)
+        corners = torch.rand(NUM_PROPOSALS, 2, 2, generator=gen) * torch.tensor([width, height])
+        boxes = torch.cat([corners.min(1).values, corners.max(1).values + 1], dim=1)
+        rois = bbox2roi([boxes])
+        roi_head = self.detector.roi_head
+        stages = range(roi_head.num_stages) if hasattr(roi_head, 'num_stages') else [None]
+        for stage in stages:
+            args = (feats, rois) if stage is None else (stage, feats, rois)
+            outs.append(roi_head._bbox_forward(*args)['cls_score'])
+            if roi_head.with_mask:
+                mask_args = (feats, rois[:NUM_MASK_ROIS]) if stage is None else (
+                    stage, feats, rois[:NUM_MASK_ROIS])
+                outs.append(roi_head._mask_forward(*mask_args)['mask_preds'])
+        return outs
+
+
+class SegmentorForward(torch.nn.Module):
+    """A segmentor's tensor-mode forward (backbone, neck, decode and auxiliary heads)."""
+
+    def __init__(self, segmentor: torch.nn.Module) -> None:
+        super().__init__()
+        self.segmentor = segmentor
+
+    def forward(self, x: torch.Tensor):
+        return self.segmentor._forward(x)
+
+
+def model_complexity(cfg: Config, input_size: tuple[int, int] | None = None,
+                     with_flops: bool = True) -> Complexity:
+    """Count parameters (and FLOPs with mmengine's analyzer) of ``cfg.model``.
+
+    FLOPs count one multiply-add as one FLOP, as the paper does, on one image:
+    for detectors the paper's dummy forward (:class:`DetectorDummyForward`),
+    for segmentors the tensor-mode forward with both heads.
+    """
+    size = tuple(input_size or paper_input_size(cfg))
+    model = build_model(cfg).eval()
+    params = sum(p.numel() for p in model.parameters())
+    flops = None
+    if with_flops:
+        wrapper = (DetectorDummyForward if toolbox_of(cfg) == 'mmdet' else SegmentorForward)
+        with torch.no_grad():
+            analyzer = FlopAnalyzer(wrapper(model), (torch.zeros(1, 3, *size),))
+            analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            flops = int(analyzer.total())
+    return Complexity(params, flops, size)

@@ -1,0 +1,192 @@
+"""What tools/train.py and tools/test.py do, for mmdet and mmseg configs alike.
+
+One entry serves both toolboxes: the toolbox is read from the config's
+``default_scope`` (or, failing that, from the model type), the real mmengine
+Runner does the work.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+TOOLBOXES = ('mmdet', 'mmseg')
+
+#: What each toolbox's standard datasets expect on disk, for the missing-data message.
+EXPECTED_LAYOUTS = {
+    'CocoDataset': ('COCO', '''data/coco/
+    annotations/instances_train2017.json
+    annotations/instances_val2017.json
+    train2017/*.jpg
+    val2017/*.jpg'''),
+    'ADE20KDataset': ('ADE20K', '''data/ade/ADEChallengeData2016/
+    images/training/*.jpg      annotations/training/*.png
+    images/validation/*.jpg    annotations/validation/*.png'''),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset the config points at is not on disk."""
+
+
+def toolbox_of(cfg: Config) -> str:
+    """Return ``'mmdet'`` or ``'mmseg'`` for a config."""
+    scope = cfg.get('default_scope')
+    if scope in TOOLBOXES:
+        return scope
+    model_type = str(cfg.get('model', {}).get('type', ''))
+    if model_type.startswith(TOOLBOXES):
+        return model_type.split('.')[0]
+    if 'decode_head' in cfg.get('model', {}):
+        return 'mmseg'
+    if model_type:
+        return 'mmdet'
+    raise ValueError(f'{cfg.filename}: cannot tell whether this is an mmdet or mmseg config: '
+                     "set default_scope='mmdet' or 'mmseg'")
+
+
+def load_config(path: str, cfg_options: dict | None = None) -> Config:
+    """Load a config file and apply ``--cfg-options``."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config file {path!r} does not exist')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def _datasets(node: Any, where: str) -> Iterator[tuple[str, dict]]:
+    """Yield ``(location, dataset cfg)`` for every dataset, through wrapper datasets."""
+    if not isinstance(node, dict):
+        return
+    if 'dataset' in node:
+        yield from _datasets(node['dataset'], f'{where}.dataset')
+    if 'datasets' in node:
+        for i, child in enumerate(node['datasets']):
+            yield from _datasets(child, f'{where}.datasets.{i}')
+    if 'dataset' not in node and 'datasets' not in node and 'type' in node:
+        yield where, node
+
+
+def _missing_paths(dataset: dict) -> list[str]:
+    root = dataset.get('data_root') or ''
+    paths = []
+    if root:
+        paths.append(root)
+    if dataset.get('ann_file'):
+        paths.append(osp.join(root, dataset['ann_file']))
+    for value in (dataset.get('data_prefix') or {}).values():
+        if value:
+            paths.append(osp.join(root, value))
+    missing = [p for p in paths if not osp.exists(p)]
+    return missing[:1] if root in missing else missing
+
+
+def check_datasets(cfg: Config, dataloaders: tuple[str, ...]) -> None:
+    """Fail with one clear message when a dataset of ``dataloaders`` is not on disk."""
+    for loader in dataloaders:
+        for where, dataset in _datasets(cfg.get(loader) or {}, loader):
+            missing = _missing_paths(dataset)
+            if not missing:
+                continue
+            name, layout = EXPECTED_LAYOUTS.get(dataset.get('type'),
+                                                (dataset.get('type', 'dataset'), None))
+            message = [f'{name} dataset not found: {where} (in {cfg.filename}) expects '
+                       f'{missing[0]!r}, which does not exist.']
+            if layout:
+                message.append('Expected layout:\n' + textwrap.indent(layout, '    '))
+            message.append(
+                f'Point the config at your copy, e.g. --cfg-options {where}.data_root=PATH '
+                '(and the same for the other dataloaders), or run the built-in demo instead: '
+                '`make demo`.')
+            raise DatasetNotFoundError('\n'.join(message))
+
+
+def use_amp(cfg: Config) -> None:
+    """Switch the optimizer wrapper to mmengine's AmpOptimWrapper (``--amp``)."""
+    if cfg.optim_wrapper.get('type') != 'AmpOptimWrapper':
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def fit_optim_wrapper_to_device(cfg: Config) -> None:
+    """mmengine's AmpOptimWrapper needs a GPU: on a CPU-only machine use OptimWrapper (fp32)."""
+    wrapper = cfg.get('optim_wrapper')
+    if wrapper and wrapper.get('type') == 'AmpOptimWrapper' and not torch.cuda.is_available():
+        wrapper.type = 'OptimWrapper'
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+            wrapper.pop(key, None)
+        print_log('No CUDA device: AmpOptimWrapper needs a GPU, training with OptimWrapper '
+                  '(fp32) instead', logger='current')
+
+
+def default_work_dir(config_path: str) -> str:
+    return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def prepare_train_cfg(config: str, work_dir: str | None = None, resume: str | bool | None = None,
+                      amp: bool = False, cfg_options: dict | None = None,
+                      launcher: str = 'none') -> Config:
+    """Build the training config as mmdet's/mmseg's tools/train.py would."""
+    cfg = load_config(config, cfg_options)
+    cfg.launcher = launcher
+    cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(config)
+    if amp:
+        use_amp(cfg)
+    fit_optim_wrapper_to_device(cfg)
+    if resume == 'auto' or resume is True:
+        cfg.resume, cfg.load_from = True, None
+    elif resume:
+        cfg.resume, cfg.load_from = True, resume
+    check_datasets(cfg, ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg')
+                   else ('train_dataloader',))
+    return cfg
+
+
+def prepare_test_cfg(config: str, checkpoint: str, work_dir: str | None = None,
+                     show_dir: str | None = None, tta: bool = False,
+                     cfg_options: dict | None = None, launcher: str = 'none') -> Config:
+    """Build the test config as mmdet's/mmseg's tools/test.py would."""
+    cfg = load_config(config, cfg_options)
+    toolbox = toolbox_of(cfg)
+    cfg.launcher = launcher
+    cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(config)
+    cfg.load_from = checkpoint
+    if show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise ValueError(f'{config}: --show-dir needs default_hooks.visualization')
+        hook.draw = True
+        if toolbox == 'mmdet':
+            hook.test_out_dir = show_dir
+        else:
+            cfg.visualizer.save_dir = show_dir
+    if tta:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise ValueError(f'{config}: --tta needs tta_model and tta_pipeline in the config')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    check_datasets(cfg, ('test_dataloader',))
+    return cfg
+
+
+def build_runner(cfg: Config):
+    """The real mmengine Runner (or a custom ``runner_type``) for ``cfg``."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    os.makedirs(cfg.work_dir, exist_ok=True)
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+__all__ = ['DatasetNotFoundError', 'build_runner', 'check_datasets',
+           'fit_optim_wrapper_to_device', 'load_config', 'prepare_test_cfg',
+           'prepare_train_cfg', 'toolbox_of']

@@ -1,0 +1,172 @@
+"""configs/: every config builds, matches the paper's recipe and model size; tool behaviour."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+
+from convnext_dense.complexity import model_complexity
+from convnext_dense.runner import (
+    DatasetNotFoundError,
+    fit_optim_wrapper_to_device,
+    prepare_test_cfg,
+    prepare_train_cfg,
+    toolbox_of,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / 'configs'
+OFFICIAL = 'https://dl.fbaipublicfiles.com/convnext/'
+
+# The paper's recipes (NOTES): arch, drop path, lr, decay type/rate, num_layers, checkpoint,
+# and its reported parameter counts (millions).
+RECIPES = {
+    'mask_rcnn_convnext_t_coco.py':
+        ('tiny', 0.4, 1e-4, 'layer_wise', 0.95, 6, 'convnext_tiny_1k_224.pth', 48),
+    'cascade_mask_rcnn_convnext_t_coco.py':
+        ('tiny', 0.4, 2e-4, 'layer_wise', 0.7, 6, 'convnext_tiny_1k_224.pth', 86),
+    'cascade_mask_rcnn_convnext_s_coco.py':
+        ('small', 0.6, 2e-4, 'layer_wise', 0.7, 12, 'convnext_small_1k_224.pth', 108),
+    'cascade_mask_rcnn_convnext_b_coco.py':
+        ('base', 0.7, 2e-4, 'layer_wise', 0.8, 12, 'convnext_base_1k_224.pth', 146),
+    'cascade_mask_rcnn_convnext_b_in22k_coco.py':
+        ('base', 0.6, 1e-4, 'layer_wise', 0.8, 12, 'convnext_base_22k_224.pth', 146),
+    'cascade_mask_rcnn_convnext_l_in22k_coco.py':
+        ('large', 0.7, 1e-4, 'layer_wise', 0.7, 12, 'convnext_large_22k_224.pth', 255),
+    'cascade_mask_rcnn_convnext_xl_in22k_coco.py':
+        ('xlarge', 0.8, 1e-4, 'layer_wise', 0.7, 12, 'convnext_xlarge_22k_224.pth', 407),
+    'upernet_convnext_t_ade20k_512.py':
+        ('tiny', 0.4, 1e-4, 'stage_wise', 0.9, 6, 'convnext_tiny_1k_224.pth', 60),
+    'upernet_convnext_s_ade20k_512.py':
+        ('small', 0.3, 1e-4, 'stage_wise', 0.9, 12, 'convnext_small_1k_224.pth', 82),
+    'upernet_convnext_b_ade20k_512.py':
+        ('base', 0.4, 1e-4, 'stage_wise', 0.9, 12, 'convnext_base_1k_224.pth', 122),
+    'upernet_convnext_b_in22k_ade20k_640.py':
+        ('base', 0.4, 1e-4, 'stage_wise', 0.9, 12, 'convnext_base_22k_224.pth', 122),
+    'upernet_convnext_l_in22k_ade20k_640.py':
+        ('large', 0.4, 1e-4, 'stage_wise', 0.9, 12, 'convnext_large_22k_224.pth', 235),
+    'upernet_convnext_xl_in22k_ade20k_640.py':
+        ('xlarge', 0.4, 8e-5, 'stage_wise', 0.9, 12, 'convnext_xlarge_22k_224.pth', 391),
+}
+
+
+def test_every_config_is_covered():
+    assert sorted(p.name for p in CONFIGS.glob('*.py')) == sorted(RECIPES)
+
+
+@pytest.mark.parametrize('name', sorted(RECIPES))
+def test_config_is_the_papers_recipe(name):
+    arch, drop_path, lr, decay_type, decay_rate, num_layers, weights, _ = RECIPES[name]
+    cfg = Config.fromfile(str(CONFIGS / name))
+    assert cfg.custom_imports.imports == ['convnext_dense']
+    backbone = cfg.model.backbone
+    assert (backbone.type, backbone.arch, backbone.drop_path_rate) == ('ConvNeXt', arch, drop_path)
+    assert backbone.layer_scale_init_value == 1.0 and tuple(backbone.out_indices) == (0, 1, 2, 3)
+    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=OFFICIAL + weights)
+    wrapper = cfg.optim_wrapper
+    assert wrapper.type == 'AmpOptimWrapper'
+    assert wrapper.constructor == 'ConvNeXtLayerDecayOptimizerConstructor'
+    assert wrapper.optimizer == dict(type='AdamW', lr=lr, betas=(0.9, 0.999), weight_decay=0.05)
+    assert wrapper.paramwise_cfg == dict(decay_rate=decay_rate, decay_type=decay_type,
+                                         num_layers=num_layers)
+    assert cfg.auto_scale_lr.base_batch_size == 16
+    assert cfg.train_dataloader.batch_size == 2
+    if toolbox_of(cfg) == 'mmdet':
+        assert cfg.train_cfg.max_epochs == 36
+        steps = [s for s in cfg.param_scheduler if s.type == 'MultiStepLR'][0]
+        assert steps.milestones == [27, 33]
+        policies = cfg.train_dataloader.dataset.pipeline[3].policies
+        assert [t.type for t in policies[1]] == ['RandomChoiceResize', 'RandomCrop',
+                                                 'RandomChoiceResize']
+        assert policies[0][0].scales == [(s, 1333) for s in range(480, 801, 32)]
+    else:
+        assert cfg.train_cfg.max_iters == 160000
+        crop = 640 if name.endswith('640.py') else 512
+        assert cfg.model.test_cfg == dict(mode='slide', crop_size=(crop, crop),
+                                          stride=(426, 426) if crop == 640 else (341, 341))
+        assert [(s.type, s.begin, s.end) for s in cfg.param_scheduler] == [
+            ('LinearLR', 0, 1500), ('PolyLR', 1500, 160000)]
+
+
+@pytest.mark.parametrize('name', sorted(RECIPES))
+def test_model_builds_with_the_papers_parameter_count(name):
+    paper_params = RECIPES[name][-1]
+    result = model_complexity(Config.fromfile(str(CONFIGS / name)), with_flops=False)
+    assert result.params / 1e6 == pytest.approx(paper_params, rel=0.01)
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_missing_coco_is_one_clear_message(tmp_path, capsys):
+    train = load_tool('train')
+    missing = tmp_path / 'nowhere'
+    code = train.main([str(CONFIGS / 'mask_rcnn_convnext_t_coco.py'), '--work-dir',
+                       str(tmp_path / 'wd'), '--cfg-options',
+                       f'train_dataloader.dataset.data_root={missing}'])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "COCO dataset not found: train_dataloader.dataset" in err and str(missing) in err
+    assert 'annotations/instances_train2017.json' in err and 'make demo' in err
+
+
+def test_missing_ade20k_for_test(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match='ADE20K dataset not found: test_dataloader'):
+        prepare_test_cfg(str(CONFIGS / 'upernet_convnext_t_ade20k_512.py'), 'x.pth',
+                         work_dir=str(tmp_path))
+
+
+def test_amp_wrapper_falls_back_to_fp32_without_gpu():
+    import torch
+    cfg = Config(dict(optim_wrapper=dict(type='AmpOptimWrapper', loss_scale='dynamic',
+                                         optimizer=dict(type='AdamW', lr=1e-4))))
+    fit_optim_wrapper_to_device(cfg)
+    if torch.cuda.is_available():
+        assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    else:
+        assert cfg.optim_wrapper == dict(type='OptimWrapper',
+                                         optimizer=dict(type='AdamW', lr=1e-4))
+
+
+def test_train_options(tmp_path):
+    data = tmp_path / 'coco'
+    for sub in ('annotations', 'train2017', 'val2017'):
+        (data / sub).mkdir(parents=True)
+    for split in ('train2017', 'val2017'):
+        (data / 'annotations' / f'instances_{split}.json').write_text('{}')
+    options = {f'{loader}.dataset.data_root': str(data) + '/'
+               for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')}
+    cfg = prepare_train_cfg(str(CONFIGS / 'mask_rcnn_convnext_t_coco.py'), resume='last.pth',
+                            cfg_options=options, launcher='pytorch')
+    assert cfg.work_dir == './work_dirs/mask_rcnn_convnext_t_coco'
+    assert (cfg.resume, cfg.load_from, cfg.launcher) == (True, 'last.pth', 'pytorch')
+    cfg = prepare_train_cfg(str(CONFIGS / 'mask_rcnn_convnext_t_coco.py'), str(tmp_path),
+                            resume='auto', cfg_options=options)
+    assert (cfg.resume, cfg.load_from, cfg.work_dir) == (True, None, str(tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name, size, paper_gflops', [
+    ('mask_rcnn_convnext_t_coco.py', (800, 1280), 262),
+    ('cascade_mask_rcnn_convnext_t_coco.py', (800, 1280), 741),
+    ('upernet_convnext_t_ade20k_512.py', (512, 2048), 939),
+])
+def test_flops_match_the_paper(name, size, paper_gflops):
+    result = model_complexity(Config.fromfile(str(CONFIGS / name)))
+    assert result.input_size == size
+    assert result.flops / 1e9 == pytest.approx(paper_gflops, rel=0.01)
+
+
+def test_get_flops_tool_prints_a_table(capsys):
+    get_flops = load_tool('get_flops')
+    assert get_flops.main([str(CONFIGS / 'upernet_convnext_b_in22k_ade20k_640.py'),
+                           '--no-flops']) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == '| config | input (HxW) | params | FLOPs |'
+    assert out[2].endswith('upernet_convnext_b_in22k_ade20k_640.py | 640x2560 | 122.1M | - |')

@@ -1,0 +1,140 @@
+"""tools/train.py and tools/test.py end to end on tiny generated COCO and ADE20K data.
+
+Real configs, real dataset classes and pipelines (including the crop policy of
+AutoAugment), the layer-decay constructor, the AMP wrapper (fp32 fallback on
+CPU) and the real mmengine Runner; only the data and image sizes are shrunk
+with --cfg-options.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from convnext_dense.demo_data import DEMO_CLASSES, make_ade20k_dataset, make_coco_dataset
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+CLASSES = '[' + ','.join(DEMO_CLASSES) + ']'
+
+
+def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(REPO / 'tools' / tool), *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def printed_metrics(stdout: str) -> dict:
+    return ast.literal_eval(stdout.strip().splitlines()[-1])
+
+
+def loader_options(**settings: str) -> list[str]:
+    return [f'{loader}.{key}={value}' for loader in LOADERS for key, value in settings.items()]
+
+
+@pytest.fixture(scope='module')
+def coco_root(tmp_path_factory) -> Path:
+    return make_coco_dataset(tmp_path_factory.mktemp('coco'), num_train=4, num_val=2,
+                             image_size=(128, 160), seed=0)
+
+
+@pytest.fixture(scope='module')
+def ade_root(tmp_path_factory) -> Path:
+    return make_ade20k_dataset(tmp_path_factory.mktemp('ade'), num_train=4, num_val=2,
+                               image_size=(128, 160), seed=0)
+
+
+def coco_options(root: Path, num_classes_keys: list[str], crop_branch: bool) -> list[str]:
+    options = loader_options(**{'dataset.data_root': f'{root}/',
+                                'dataset.metainfo.classes': CLASSES,
+                                'num_workers': '0', 'persistent_workers': 'False'})
+    options += [f'{loader}.dataset.{key}' for loader, key in [
+        ('train_dataloader', 'ann_file=annotations/instances_train.json'),
+        ('train_dataloader', 'data_prefix.img=train/'),
+        ('val_dataloader', 'ann_file=annotations/instances_val.json'),
+        ('val_dataloader', 'data_prefix.img=val/'),
+        ('test_dataloader', 'ann_file=annotations/instances_val.json'),
+        ('test_dataloader', 'data_prefix.img=val/')]]
+    options += [f'{e}.ann_file={root}/annotations/instances_val.json'
+                for e in ('val_evaluator', 'test_evaluator')]
+    policies = 'train_dataloader.dataset.pipeline.3'
+    options += [
+        f'{policies}.policies.0.0.scales=[(128,160),(160,200)]',
+        f'{policies}.policies.1.0.scales=[(96,160),(128,160)]',
+        f'{policies}.policies.1.1.crop_size=(64,96)',
+        f'{policies}.policies.1.2.scales=[(128,160)]',
+        f'{policies}.prob=' + ('[0.0,1.0]' if crop_branch else '[1.0,0.0]'),
+        'val_dataloader.dataset.pipeline.1.scale=(160,128)',
+        'test_dataloader.dataset.pipeline.1.scale=(160,128)',
+        'model.backbone.init_cfg=None',
+        'train_cfg.max_epochs=1',
+        'default_hooks.logger.interval=1',
+    ]
+    options += [f'{key}=5' for key in num_classes_keys]
+    return options
+
+
+@pytest.mark.parametrize('config, num_classes_keys, crop_branch', [
+    ('mask_rcnn_convnext_t_coco.py',
+     ['model.roi_head.bbox_head.num_classes', 'model.roi_head.mask_head.num_classes'], False),
+    ('cascade_mask_rcnn_convnext_t_coco.py',
+     [f'model.roi_head.bbox_head.{i}.num_classes' for i in range(3)]
+     + ['model.roi_head.mask_head.num_classes'], True),
+])
+def test_detection_train_then_test(tmp_path, coco_root, config, num_classes_keys, crop_branch):
+    work_dir = tmp_path / 'work'
+    options = coco_options(coco_root, num_classes_keys, crop_branch)
+    result = run_tool('train.py', f'configs/{config}', '--work-dir', str(work_dir),
+                      '--cfg-options', *options)
+    log = result.stdout + result.stderr
+    assert 'training with OptimWrapper (fp32)' in log
+    assert 'ConvNeXtLayerDecayOptimizerConstructor: layer_wise decay' in log
+    assert 'Epoch(train) [1][2/2]' in log  # two iterations of 2 images
+    assert 'coco/bbox_mAP' in log  # validation ran after the epoch
+    checkpoint = work_dir / 'epoch_1.pth'
+    assert checkpoint.is_file()
+
+    show_dir = tmp_path / 'shown'
+    result = run_tool('test.py', f'configs/{config}', str(checkpoint), '--work-dir',
+                      str(tmp_path / 'test'), '--show-dir', str(show_dir),
+                      '--cfg-options', *options)
+    metrics = printed_metrics(result.stdout)
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert len(list(show_dir.rglob('*.jpg'))) == 2  # one picture per val image
+
+
+def test_segmentation_train_then_test(tmp_path, ade_root):
+    work_dir = tmp_path / 'work'
+    options = loader_options(**{'dataset.data_root': str(ade_root), 'num_workers': '0',
+                                'persistent_workers': 'False'}) + [
+        'train_dataloader.dataset.pipeline.2.scale=(320,64)',
+        'train_dataloader.dataset.pipeline.3.crop_size=(64,64)',
+        'val_dataloader.dataset.pipeline.1.scale=(320,64)',
+        'test_dataloader.dataset.pipeline.1.scale=(320,64)',
+        'model.data_preprocessor.size=(64,64)',
+        'model.test_cfg.crop_size=(64,64)',
+        'model.test_cfg.stride=(43,43)',
+        'model.backbone.init_cfg=None',
+        'train_cfg.max_iters=2',
+        'train_cfg.val_interval=2',
+        'default_hooks.checkpoint.interval=2',
+        'default_hooks.logger.interval=1',
+    ]
+    result = run_tool('train.py', 'configs/upernet_convnext_t_ade20k_512.py', '--work-dir',
+                      str(work_dir), '--cfg-options', *options)
+    log = result.stdout + result.stderr
+    assert 'ConvNeXtLayerDecayOptimizerConstructor: stage_wise decay' in log
+    assert 'Iter(train) [2/2]' in log and 'mIoU' in log
+    checkpoint = work_dir / 'iter_2.pth'
+    assert checkpoint.is_file()
+    result = run_tool('test.py', 'configs/upernet_convnext_t_ade20k_512.py', str(checkpoint),
+                      '--work-dir', str(tmp_path / 'test'), '--cfg-options', *options)
+    metrics = printed_metrics(result.stdout)
+    assert 0.0 <= metrics['mIoU'] <= 100.0 and 'aAcc' in metrics

@@ -1,0 +1,48 @@
+"""Evaluate a checkpoint of an mmdet or mmseg model (COCO bbox/segm mAP, mIoU, ...).
+
+Example:
+    python tools/test.py configs/upernet_convnext_t_ade20k_512.py work_dirs/upernet/iter_160000.pth
+"""
+from __future__ import annotations
+
+import argparse
+import numbers
+import sys
+
+from mmengine.config import DictAction
+
+from convnext_dense.runner import DatasetNotFoundError, build_runner, prepare_test_cfg
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
+    parser.add_argument('--show-dir', help='save images with the predictions drawn into it')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation '
+                        '(multi-scale + flip, as the config\'s tta_pipeline defines)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = prepare_test_cfg(args.config, args.checkpoint, args.work_dir, args.show_dir,
+                               args.tta, args.cfg_options, args.launcher)
+    except (DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    metrics = build_runner(cfg).test()
+    print({k: round(float(v), 4) if isinstance(v, numbers.Real) else v
+           for k, v in metrics.items()})
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Train an mmdet or mmseg model from a config (the toolbox is read from the config).
+
+Example:
+    python tools/train.py configs/mask_rcnn_convnext_t_coco.py --work-dir work_dirs/mrcnn
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mmengine.config import DictAction
+
+from convnext_dense.runner import DatasetNotFoundError, build_runner, prepare_train_cfg
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a detector or segmentor')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from the given checkpoint, or from the latest one in the '
+                             'work dir when no path is given')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision (AmpOptimWrapper; fp32 on a machine without GPU)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. '
+                             'train_dataloader.dataset.data_root=data/coco/')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = prepare_train_cfg(args.config, args.work_dir, args.resume, args.amp,
+                                args.cfg_options, args.launcher)
+    except (DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    build_runner(cfg).train()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
