@@ -6,6 +6,7 @@ Runner does the work.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import os.path as osp
 import textwrap
@@ -106,6 +107,18 @@ def check_datasets(cfg: Config, dataloaders: tuple[str, ...]) -> None:
                 '(and the same for the other dataloaders), or run the built-in demo instead: '
                 '`make demo`.')
             raise DatasetNotFoundError('\n'.join(message))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options tools/train.py and tools/test.py share (as in mmdet/mmseg)."""
+    from mmengine.config import DictAction
+    parser.add_argument('--work-dir', help='the dir to save logs, checkpoints and metrics')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. '
+                             'train_dataloader.dataset.data_root=data/coco/')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
 def use_amp(cfg: Config) -> None:

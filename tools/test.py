@@ -9,24 +9,22 @@ import argparse
 import numbers
 import sys
 
-from mmengine.config import DictAction
-
-from convnext_dense.runner import DatasetNotFoundError, build_runner, prepare_test_cfg
+from convnext_dense.runner import (
+    DatasetNotFoundError,
+    add_common_arguments,
+    build_runner,
+    prepare_test_cfg,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
+    add_common_arguments(parser)
     parser.add_argument('--show-dir', help='save images with the predictions drawn into it')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation '
                         '(multi-scale + flip, as the config\'s tta_pipeline defines)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     return parser.parse_args(argv)
 
 

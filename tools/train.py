@@ -8,26 +8,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmengine.config import DictAction
-
-from convnext_dense.runner import DatasetNotFoundError, build_runner, prepare_train_cfg
+from convnext_dense.runner import (
+    DatasetNotFoundError,
+    add_common_arguments,
+    build_runner,
+    prepare_train_cfg,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a detector or segmentor')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    add_common_arguments(parser)
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from the given checkpoint, or from the latest one in the '
                              'work dir when no path is given')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision (AmpOptimWrapper; fp32 on a machine without GPU)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, e.g. '
-                             'train_dataloader.dataset.data_root=data/coco/')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     return parser.parse_args(argv)
 
 
