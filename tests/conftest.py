@@ -1,6 +1,14 @@
 """Shared test helpers."""
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import torch
 from mmengine import Config
 
@@ -38,3 +46,29 @@ def load_packaged_config(tmp_path, base: str) -> Config:
     config = tmp_path / 'inherits.py'
     config.write_text(f'_base_ = [{base!r}]\n')
     return Config.fromfile(str(config))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_tool_main(name: str, *args: str) -> subprocess.CompletedProcess:
+    """Run a tool's ``main`` in this process (fast), capturing what it prints."""
+    module = load_tool(name)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        returncode = module.main(list(args))
+    return subprocess.CompletedProcess(args, returncode, stdout.getvalue(), stderr.getvalue())
+
+
+def run_tool_process(name: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run a tool as users do, in its own interpreter from the repository root."""
+    return subprocess.run([sys.executable, str(REPO / 'tools' / f'{name}.py'), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)

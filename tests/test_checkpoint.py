@@ -1,10 +1,7 @@
 """Checkpoint conversion: every source layout, the CLI, init_cfg loading, bad input."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.util
-import io
 import os
 import subprocess
 import sys
@@ -20,10 +17,15 @@ from mmengine.runner import load_checkpoint
 from convnext_dense import ConvNeXt
 from convnext_dense.checkpoint_io import CheckpointError, read_checkpoint
 from convnext_dense.convert import convert_checkpoint, convert_file, load_pretrained
-from tests.conftest import load_packaged_config, randomize_, relative_error
+from tests.conftest import (
+    load_packaged_config,
+    randomize_,
+    relative_error,
+    run_tool_main,
+    run_tool_process,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / 'tools' / 'convert_checkpoint.py'
 V2 = dict(use_grn=True, layer_scale_init_value=0)
 
 
@@ -176,20 +178,11 @@ def test_module_prefix_is_stripped():
 
 
 def run_cli_process(*args: str) -> subprocess.CompletedProcess:
-    """Run the tool as users do, in its own interpreter."""
-    return subprocess.run([sys.executable, str(CLI), *args], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    return run_tool_process('convert_checkpoint', *args)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """Run the tool's ``main`` in this process (fast), capturing what it prints."""
-    spec = importlib.util.spec_from_file_location('convert_checkpoint', CLI)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        returncode = module.main(list(args))
-    return subprocess.CompletedProcess(args, returncode, stdout.getvalue(), stderr.getvalue())
+    return run_tool_main('convert_checkpoint', *args)
 
 
 @pytest.fixture

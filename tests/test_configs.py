@@ -1,7 +1,6 @@
 """configs/: every config builds, matches the paper's recipe and model size; tool behaviour."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from convnext_dense.runner import (
     prepare_train_cfg,
     toolbox_of,
 )
+from tests.conftest import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
@@ -95,13 +95,6 @@ def test_model_builds_with_the_papers_parameter_count(name):
     paper_params = RECIPES[name][-1]
     result = model_complexity(Config.fromfile(str(CONFIGS / name)), with_flops=False)
     assert result.params / 1e6 == pytest.approx(paper_params, rel=0.01)
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_missing_coco_is_one_clear_message(tmp_path, capsys):

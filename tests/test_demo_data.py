@@ -1,12 +1,8 @@
 """convnext_dense.demo_data: deterministic scenes, loadable by mmdet/mmseg, idempotent writes."""
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -31,9 +27,8 @@ from convnext_dense.demo_data import (
     make_coco_dataset,
     render_scene,
 )
+from tests.conftest import run_tool_main, run_tool_process
 
-REPO = Path(__file__).resolve().parents[1]
-CLI = REPO / 'tools' / 'make_demo_data.py'
 SMALL = dict(num_train=4, num_val=6, image_size=(128, 160), seed=1)
 # mmseg's own ADE20K config passes reduce_zero_label to LoadAnnotations, which warns about it.
 pytestmark = pytest.mark.filterwarnings('ignore:`reduce_zero_label` will be deprecated')
@@ -288,14 +283,7 @@ def test_invalid_arguments_are_named(tmp_path, kwargs, message):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """Run the tool's ``main`` in this process (fast), capturing what it prints."""
-    spec = importlib.util.spec_from_file_location('make_demo_data', CLI)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        returncode = module.main(list(args))
-    return subprocess.CompletedProcess(args, returncode, stdout.getvalue(), stderr.getvalue())
+    return run_tool_main('make_demo_data', *args)
 
 
 def test_cli_writes_what_the_function_writes_and_reports_conflicts(tmp_path):
@@ -310,9 +298,8 @@ def test_cli_writes_what_the_function_writes_and_reports_conflicts(tmp_path):
 
 
 def test_cli_runs_as_a_script(tmp_path):
-    done = subprocess.run([sys.executable, str(CLI), 'coco', str(tmp_path / 'demo'),
-                           '--num-train', '2', '--num-val', '1', '--seed', '3'],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    done = run_tool_process('make_demo_data', 'coco', str(tmp_path / 'demo'),
+                            '--num-train', '2', '--num-val', '1', '--seed', '3')
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / 'demo').rglob('*.json')) == [
         'instances_train.json', 'instances_val.json', 'manifest.json']

@@ -1,22 +1,17 @@
 """tools/install_mmcv.py: cache key, C++ standard patch, verification of the ops."""
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'install_mmcv.py'
+from tests.conftest import load_tool
 
 
 @pytest.fixture(scope='module')
 def installer():
-    spec = importlib.util.spec_from_file_location('install_mmcv', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('install_mmcv')
 
 
 def test_cache_key_names_mmcv_torch_python_and_flavour(installer, monkeypatch, tmp_path):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import ast
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from convnext_dense.demo_data import DEMO_CLASSES, make_ade20k_dataset, make_coco_dataset
+from tests.conftest import run_tool_process
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +24,7 @@ CLASSES = '[' + ','.join(DEMO_CLASSES) + ']'
 
 
 def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(REPO / 'tools' / tool), *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=900)
+    result = run_tool_process(tool.removesuffix('.py'), *args, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
