@@ -139,6 +139,44 @@ def fit_optim_wrapper_to_device(cfg: Config) -> None:
                   '(fp32) instead', logger='current')
 
 
+def _replace_sync_bn(node: Any) -> int:
+    """Turn every ``dict(type='SyncBN')`` under ``node`` into BN; return how many."""
+    count = 0
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+            count += 1
+        for value in node.values():
+            count += _replace_sync_bn(value)
+    elif isinstance(node, (list, tuple)):
+        count += sum(_replace_sync_bn(value) for value in node)
+    return count
+
+
+def fit_dist_backend_to_device(cfg: Config) -> None:
+    """Distributed runs without CUDA: gloo instead of NCCL, CPU DDP, BN instead of SyncBN.
+
+    mmengine 0.10 assumes GPUs for ``--launcher pytorch`` (NCCL, ``device_ids``,
+    ``torch.cuda.set_device``); :func:`build_runner` initialises the gloo
+    process group itself so that mmengine does not.
+    """
+    if torch.cuda.is_available():
+        return
+    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    if dist_cfg.get('backend', 'nccl') == 'nccl':
+        dist_cfg['backend'] = 'gloo'
+    if cfg.get('launcher', 'none') == 'none':
+        return
+    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel',
+                                                     broadcast_buffers=False)
+    wrapper.setdefault('device_ids', None)  # a CPU module takes no device ids
+    cfg.model_wrapper_cfg = wrapper
+    replaced = _replace_sync_bn(cfg.model)
+    print_log('No CUDA device: distributed training with gloo on the CPU'
+              + (f', {replaced} SyncBN layer configs use BN' if replaced else ''),
+              logger='current')
+
+
 def default_work_dir(config_path: str) -> str:
     return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
 
@@ -153,6 +191,7 @@ def prepare_train_cfg(config: str, work_dir: str | None = None, resume: str | bo
     if amp:
         use_amp(cfg)
     fit_optim_wrapper_to_device(cfg)
+    fit_dist_backend_to_device(cfg)
     if resume == 'auto' or resume is True:
         cfg.resume, cfg.load_from = True, None
     elif resume:
@@ -171,6 +210,7 @@ def prepare_test_cfg(config: str, checkpoint: str, work_dir: str | None = None,
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(config)
     cfg.load_from = checkpoint
+    fit_dist_backend_to_device(cfg)
     if show_dir:
         hook = cfg.default_hooks.get('visualization')
         if hook is None:
@@ -195,6 +235,10 @@ def build_runner(cfg: Config):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     os.makedirs(cfg.work_dir, exist_ok=True)
+    if cfg.get('launcher', 'none') == 'pytorch' and not torch.cuda.is_available():
+        import torch.distributed as dist
+        if not dist.is_initialized():  # mmengine's init_dist would call torch.cuda.set_device
+            dist.init_process_group(backend=cfg.env_cfg.dist_cfg.get('backend', 'gloo'))
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)

@@ -9,6 +9,7 @@ from mmengine.config import Config
 from convnext_dense.complexity import model_complexity
 from convnext_dense.runner import (
     DatasetNotFoundError,
+    fit_dist_backend_to_device,
     fit_optim_wrapper_to_device,
     prepare_test_cfg,
     prepare_train_cfg,
@@ -125,6 +126,22 @@ def test_amp_wrapper_falls_back_to_fp32_without_gpu():
     else:
         assert cfg.optim_wrapper == dict(type='OptimWrapper',
                                          optimizer=dict(type='AdamW', lr=1e-4))
+
+
+def test_distributed_settings_follow_the_device():
+    import torch
+    cfg = Config.fromfile(str(CONFIGS / 'cascade_mask_rcnn_convnext_t_coco.py'))
+    cfg.launcher = 'pytorch'
+    fit_dist_backend_to_device(cfg)
+    heads = cfg.model.roi_head.bbox_head
+    if torch.cuda.is_available():
+        assert cfg.env_cfg.dist_cfg.backend == 'nccl'
+        assert [h.norm_cfg.type for h in heads] == ['SyncBN'] * 3
+    else:
+        assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+        assert cfg.model_wrapper_cfg == dict(type='MMDistributedDataParallel',
+                                             broadcast_buffers=False, device_ids=None)
+        assert [h.norm_cfg.type for h in heads] == ['BN'] * 3
 
 
 def test_train_options(tmp_path):
