@@ -1,6 +1,8 @@
 """The ConvNeXt backbone for dense prediction (detection and segmentation)."""
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +83,18 @@ def _check_args(in_channels: Any, out_indices: Any, drop_path_rate: Any,
     return tuple(out_indices)
 
 
+def unknown_arguments_message(cls: type, unknown: dict[str, Any]) -> str:
+    """Name each unexpected argument with the closest valid one (config typos)."""
+    valid = [name for name in inspect.signature(cls.__init__).parameters
+             if name not in ('self', 'unknown')]
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+        parts.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+    return (f'{cls.__name__} got unexpected argument(s) {", ".join(parts)}; '
+            f'valid arguments: {", ".join(valid)}')
+
+
 class ConvNeXt(BaseModule):
     """ConvNeXt backbone returning per-stage features for necks and decode heads.
 
@@ -125,7 +139,9 @@ class ConvNeXt(BaseModule):
                  out_indices: Sequence[int] = (0, 1, 2, 3), drop_path_rate: float = 0.0,
                  layer_scale_init_value: float = 1e-6, frozen_stages: int = 0,
                  with_cp: bool = False, use_grn: bool = False,
-                 init_cfg: dict | list[dict] | None = None) -> None:
+                 init_cfg: dict | list[dict] | None = None, **unknown: Any) -> None:
+        if unknown:
+            raise TypeError(unknown_arguments_message(type(self), unknown))
         super().__init__(init_cfg=init_cfg)
         self.depths, self.dims = resolve_arch(arch, depths, dims)
         self.arch = arch

@@ -200,3 +200,17 @@ def test_invalid_inputs_are_rejected():
 def test_in_channels():
     model = ConvNeXt(arch='atto', in_channels=1).eval()
     assert model(torch.randn(1, 1, 32, 32))[0].shape == (1, 40, 8, 8)
+
+
+def test_typo_in_argument_names_names_the_closest_valid_one():
+    with pytest.raises(TypeError, match=r"'drop_path' \(did you mean 'drop_path_rate'\?\)"):
+        ConvNeXt(arch='atto', drop_path=0.1)
+    with pytest.raises(TypeError, match=r"'out_indexes' \(did you mean 'out_indices'\?\).*"
+                                        r"'zzz'; valid arguments: arch, depths"):
+        ConvNeXt(out_indexes=(0,), zzz=1)
+
+
+def test_typo_through_the_mmdet_registry():
+    from mmdet.registry import MODELS
+    with pytest.raises(TypeError, match="did you mean 'frozen_stages'"):
+        MODELS.build(dict(type='ConvNeXt', arch='atto', frozen_stage=1))
