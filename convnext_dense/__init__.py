@@ -6,6 +6,7 @@ in a config) registers ``ConvNeXt`` in the model registry and
 registry of each installed toolbox.
 """
 from .backbone import ARCH_SETTINGS, ConvNeXt
+from .checkpoint_io import make_local_writes_atomic
 from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor, get_layer_id, get_lr_scale
 from .registry import register_in_toolboxes, register_models
 from .safe_loading import allow_mmengine_checkpoints
@@ -16,6 +17,8 @@ REGISTERED_SCOPES = register_models(ConvNeXt)
 register_in_toolboxes('OPTIM_WRAPPER_CONSTRUCTORS', ConvNeXtLayerDecayOptimizerConstructor)
 # mmengine's own checkpoints (resume, load_from, tools/test.py) under weights_only=True
 allow_mmengine_checkpoints()
+# checkpoints are never left half-written
+make_local_writes_atomic()
 
 __all__ = ['ARCH_SETTINGS', 'ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor',
            'REGISTERED_SCOPES', '__version__', 'get_layer_id', 'get_lr_scale']

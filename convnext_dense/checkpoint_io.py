@@ -7,12 +7,14 @@ temporary file in the destination folder, then a rename.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import tempfile
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -89,6 +91,35 @@ def _read_safetensors(local: Path, name: str) -> dict[str, Any]:
         raise CheckpointError(f'{name}: truncated or not a safetensors file ({exc})') from None
 
 
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def atomic_file(dst: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Open a temporary file next to ``dst``; on success rename it to ``dst``.
+
+    Readers never see a half-written ``dst``: a failure (or a kill) leaves the
+    previous ``dst``, if any, as it was, and an exception removes the
+    temporary file.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f'.{dst.name}.', suffix='.tmp', dir=dst.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp_name, _default_file_mode())  # mkstemp creates 0600
+        os.replace(tmp_name, dst)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
 def write_checkpoint_atomically(obj: dict[str, Any], dst: str | os.PathLike,
                                 force: bool = False) -> Path:
     """``torch.save`` to a temporary file next to ``dst``, then rename it into place.
@@ -98,15 +129,27 @@ def write_checkpoint_atomically(obj: dict[str, Any], dst: str | os.PathLike,
     dst = Path(dst)
     if dst.exists() and not force:
         raise FileExistsError(f'{dst} exists; pass --force (force=True) to overwrite it')
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{dst.name}.', suffix='.tmp', dir=dst.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, dst)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(dst) as f:
+        torch.save(obj, f)
     return dst
+
+
+def make_local_writes_atomic() -> None:
+    """Make mmengine's local file backend write atomically (checkpoints included).
+
+    mmengine saves checkpoints with ``LocalBackend.put``, which writes in
+    place: a run killed while saving leaves a truncated ``epoch_N.pth``. With
+    this, the file appears only once complete (idempotent).
+    """
+    from mmengine.fileio.backends import LocalBackend
+
+    if getattr(LocalBackend.put, '_convnext_dense_atomic', False):
+        return
+
+    def put(self, obj: bytes, filepath: str | os.PathLike) -> None:
+        with atomic_file(filepath) as f:
+            f.write(obj)
+
+    put.__doc__ = LocalBackend.put.__doc__
+    put._convnext_dense_atomic = True
+    LocalBackend.put = put
