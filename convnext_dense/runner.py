@@ -17,6 +17,8 @@ import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from .data_checks import check_coco_dataset
+
 TOOLBOXES = ('mmdet', 'mmseg')
 
 #: What each toolbox's standard datasets expect on disk, for the missing-data message.
@@ -89,12 +91,30 @@ def _missing_paths(dataset: dict) -> list[str]:
     return missing[:1] if root in missing else missing
 
 
+def _check_coco_files(dataset: dict, where: str, checked: set[tuple[str, str]]) -> None:
+    """Validate a dataset's COCO JSON and the images it lists (once per file and folder)."""
+    root, ann_file = dataset.get('data_root') or '', dataset.get('ann_file') or ''
+    if not ann_file.endswith('.json'):
+        return
+    key = (osp.join(root, ann_file),
+           osp.join(root, (dataset.get('data_prefix') or {}).get('img') or ''))
+    if key not in checked:
+        checked.add(key)
+        check_coco_dataset(*key, where=where)
+
+
 def check_datasets(cfg: Config, dataloaders: tuple[str, ...]) -> None:
-    """Fail with one clear message when a dataset of ``dataloaders`` is not on disk."""
+    """Fail with one clear message when a dataset of ``dataloaders`` is not on disk.
+
+    COCO-format annotation files are read and checked too (valid JSON, COCO keys, every
+    listed image present): see :mod:`convnext_dense.data_checks`.
+    """
+    checked: set[tuple[str, str]] = set()
     for loader in dataloaders:
         for where, dataset in _datasets(cfg.get(loader) or {}, loader):
             missing = _missing_paths(dataset)
             if not missing:
+                _check_coco_files(dataset, f'{where} (in {cfg.filename})', checked)
                 continue
             name, layout = EXPECTED_LAYOUTS.get(dataset.get('type'),
                                                 (dataset.get('type', 'dataset'), None))

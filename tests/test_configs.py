@@ -149,7 +149,8 @@ def test_train_options(tmp_path):
     for sub in ('annotations', 'train2017', 'val2017'):
         (data / sub).mkdir(parents=True)
     for split in ('train2017', 'val2017'):
-        (data / 'annotations' / f'instances_{split}.json').write_text('{}')
+        (data / 'annotations' / f'instances_{split}.json').write_text(
+            '{"images": [], "annotations": [], "categories": []}')
     options = {f'{loader}.dataset.data_root': str(data) + '/'
                for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')}
     cfg = prepare_train_cfg(str(CONFIGS / 'mask_rcnn_convnext_t_coco.py'), resume='last.pth',
