@@ -178,7 +178,9 @@ def fit_dist_backend_to_device(cfg: Config) -> None:
 
     mmengine 0.10 assumes GPUs for ``--launcher pytorch`` (NCCL, ``device_ids``,
     ``torch.cuda.set_device``); :func:`build_runner` initialises the gloo
-    process group itself so that mmengine does not.
+    process group itself so that mmengine does not. Under FlexibleRunner's
+    FSDPStrategy, mmengine passes ``device_id=LOCAL_RANK``, which FSDP takes for a
+    CUDA device: ``device_id='cpu'`` is set instead.
     """
     if torch.cuda.is_available():
         return
@@ -187,6 +189,13 @@ def fit_dist_backend_to_device(cfg: Config) -> None:
         dist_cfg['backend'] = 'gloo'
     if cfg.get('launcher', 'none') == 'none':
         return
+    strategy = cfg.get('strategy') or {}
+    if strategy.get('type') == 'FSDPStrategy':  # FlexibleRunner: FSDP would default to CUDA
+        fsdp = strategy.get('model_wrapper') or dict(type='MMFullyShardedDataParallel')
+        fsdp.setdefault('device_id', 'cpu')
+        strategy['model_wrapper'] = fsdp
+        print_log(f"No CUDA device: FSDPStrategy shards the model on the CPU (device_id="
+                  f"{fsdp['device_id']!r})", logger='current')
     wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel',
                                                      broadcast_buffers=False)
     wrapper.setdefault('device_ids', None)  # a CPU module takes no device ids

@@ -144,6 +144,18 @@ def test_distributed_settings_follow_the_device():
         assert [h.norm_cfg.type for h in heads] == ['BN'] * 3
 
 
+def test_fsdp_strategy_is_put_on_the_cpu_without_gpu():
+    import torch
+    cfg = Config(dict(launcher='pytorch', model=dict(type='MaskRCNN'), runner_type='FlexibleRunner',
+                      strategy=dict(type='FSDPStrategy', model_wrapper=dict(
+                          type='MMFullyShardedDataParallel', use_orig_params=True))))
+    fit_dist_backend_to_device(cfg)
+    expected = dict(type='MMFullyShardedDataParallel', use_orig_params=True)
+    if not torch.cuda.is_available():
+        expected['device_id'] = 'cpu'  # mmengine would pass LOCAL_RANK, a CUDA index to FSDP
+    assert cfg.strategy.model_wrapper == expected
+
+
 def test_train_options(tmp_path):
     data = tmp_path / 'coco'
     for sub in ('annotations', 'train2017', 'val2017'):

@@ -1,13 +1,14 @@
-"""tools/dist_train.sh: two processes through torchrun and DDP (gloo on CPU), replicas checked.
+"""tools/dist_train.sh: two processes through torchrun (gloo on CPU), under DDP and FSDP.
 
-The ``ReplicaSyncCheckHook`` compares a digest of every parameter and buffer on both ranks
-after each iteration, so the run itself fails if the replicas drift apart.
+Under DDP the ``ReplicaSyncCheckHook`` compares a digest of every parameter and buffer on
+both ranks after each iteration, so the run itself fails if the replicas drift apart.
 """
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,9 @@ from tests.test_tools_e2e import coco_options
 pytestmark = pytest.mark.slow
 
 CONFIG = REPO / 'configs' / 'mask_rcnn_convnext_t_coco.py'
+FSDP_CONFIG = """runner_type = 'FlexibleRunner'
+strategy = dict(type='FSDPStrategy',
+                model_wrapper=dict(type='MMFullyShardedDataParallel', use_orig_params=True))"""
 
 
 def free_port() -> int:
@@ -27,27 +31,45 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_process_training_keeps_replicas_identical(tmp_path):
+def dist_train(tmp_path: Path, config_lines: str) -> tuple[Path, str]:
+    """Train Mask R-CNN (atto backbone) for one iteration + evaluation on 2 CPU processes.
+
+    ``config_lines`` go into a config inheriting the repository's: ``--cfg-options``
+    cannot hold dicts (mmengine's DictAction). Returns the work dir and the log.
+    """
     root = make_coco_dataset(tmp_path / 'coco', num_train=4, num_val=2, image_size=(128, 160))
     work_dir = tmp_path / 'work'
     options = coco_options(root, ['model.roi_head.bbox_head.num_classes',
                                   'model.roi_head.mask_head.num_classes'], crop_branch=False)
     options += ['model.backbone.arch=atto', 'model.neck.in_channels=[40,80,160,320]']
-    # --cfg-options cannot hold dicts (mmengine's DictAction), so the hook goes in a config
-    config = tmp_path / 'with_sync_check.py'
-    config.write_text(f"_base_ = [{str(CONFIG)!r}]\n"
-                      "custom_hooks = [dict(type='ReplicaSyncCheckHook', interval=1)]\n")
+    config = tmp_path / 'overlay.py'
+    config.write_text(f'_base_ = [{str(CONFIG)!r}]\n{config_lines}\n')
     env = dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1')
     result = subprocess.run(
-        ['tools/dist_train.sh', str(config), '2', '--work-dir',
-         str(work_dir), '--cfg-options', *options],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        ['tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir), '--cfg-options',
+         *options], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-5000:]
     assert 'distributed training with gloo on the CPU' in log
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     assert 'GPU number: 2' in log  # mmengine's name for the world size
-    # 4 images, 2 per rank and step, 2 ranks: one iteration per epoch
-    assert 'replicas in sync after iter 1:' in log and 'identical on all 2 ranks' in log
+    # 4 images, 2 per rank and step, 2 ranks: one iteration per epoch, then evaluation
+    assert 'Epoch(train) [1][1/1]' in log
     assert 'coco/bbox_mAP' in log and 'coco/segm_mAP' in log
+    return work_dir, log
+
+
+def test_two_process_training_keeps_replicas_identical(tmp_path):
+    work_dir, log = dist_train(
+        tmp_path, "custom_hooks = [dict(type='ReplicaSyncCheckHook', interval=1)]")
+    assert 'replicas in sync after iter 1:' in log and 'identical on all 2 ranks' in log
     assert (work_dir / 'epoch_1.pth').is_file()
+
+
+def test_fsdp_on_two_cpu_processes(tmp_path):
+    """FlexibleRunner + FSDPStrategy: the model is sharded over 2 gloo ranks, trains, evaluates."""
+    work_dir, log = dist_train(tmp_path, FSDP_CONFIG)
+    assert "FSDPStrategy shards the model on the CPU (device_id='cpu')" in log
+    # mmengine's default 'local' state dict: one shard per rank
+    assert sorted(p.name for p in (work_dir / 'epoch_1.pth').iterdir()) == ['rank0.pth',
+                                                                            'rank1.pth']
