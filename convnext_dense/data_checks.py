@@ -1,9 +1,10 @@
 """Pre-flight checks of COCO-format annotation files and the images they list.
 
-mmdet reads these files only once training starts, and a malformed file then fails
-deep inside pycocotools (``JSONDecodeError: Expecting ',' delimiter: line 1 column
-...``, or no error at all for a JSON file that is not COCO). These checks run before
-the Runner is built and name the file, what was found and what was expected.
+mmdet reads these files only once the Runner builds the dataloaders, and then fails
+without naming the file: ``JSONDecodeError: Expecting value: line 1 column 1 (char 0)``
+for a file that is not JSON, ``ValueError: need at least one array to concatenate`` for
+one without ``images``. These checks run before the Runner is built and name the file,
+what was found and what was expected.
 """
 from __future__ import annotations
 
