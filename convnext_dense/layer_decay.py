@@ -17,6 +17,10 @@ With ``L = num_layers``, the layer id of a parameter is (layer_wise / stage_wise
 A parameter with id ``i`` gets the learning rate ``lr * decay_rate ** (L + 1 - i)``;
 1-D parameters and names ending in ``.bias`` get weight decay 0, all others the
 optimizer's ``weight_decay``. Frozen parameters are left out.
+
+Under FSDP (``use_orig_params=True``) each rank holds its original parameters as
+flat 1-D shards; "1-D" then means 1-D in the original, unsharded shape, which
+:func:`original_param_shapes` reads from FSDP's flat-parameter metadata.
 """
 from __future__ import annotations
 
@@ -25,14 +29,18 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from mmengine.dist import get_rank
 from mmengine.logging import MMLogger
-from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from torch import nn
 
 DECAY_TYPES = ('layer_wise', 'stage_wise')
 #: Prefix that DistributedDataParallel (and mmengine's wrappers) put before parameter names.
 WRAPPER_PREFIX = 'module.'
+#: Name piece that torch's FullyShardedDataParallel puts in front of the names it wraps.
+FSDP_WRAPPED_MODULE = '_fsdp_wrapped_module'
 DOWNSAMPLE_PREFIX = 'backbone.downsample_layers.'
 STAGES_PREFIX = 'backbone.stages.'
 NUM_STAGES = 4
@@ -48,10 +56,92 @@ CUSTOM_KEY_FIELDS = ('lr_mult', 'decay_mult')
 
 
 def strip_wrapper_prefix(name: str) -> str:
-    """Remove leading ``module.`` prefixes (DDP and similar wrappers) from a parameter name."""
+    """Remove wrapper pieces from a parameter name.
+
+    Leading ``module.`` prefixes (DDP and similar wrappers) and ``_fsdp_wrapped_module.``
+    pieces anywhere (FSDP, also nested) are dropped:
+    ``module._fsdp_wrapped_module.backbone.x`` becomes ``backbone.x``.
+    """
+    name = '.'.join(part for part in name.split('.') if part != FSDP_WRAPPED_MODULE)
     while name.startswith(WRAPPER_PREFIX):
         name = name[len(WRAPPER_PREFIX):]
     return name
+
+
+def _fsdp_shapes(model: nn.Module) -> dict[str, torch.Size]:
+    """Original shapes of the parameters that FSDP modules inside ``model`` (or itself) flatten.
+
+    Keys are cleaned names (:func:`strip_wrapper_prefix`) relative to ``model``; shared
+    parameters are listed under each of their names.
+    """
+    if not dist.is_available():
+        return {}
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    shapes: dict[str, torch.Size] = {}
+    for path, fsdp in model.named_modules(remove_duplicate=False):
+        handle = getattr(fsdp, '_handle', None) if isinstance(fsdp, FSDP) else None
+        if handle is None:  # not FSDP, or an FSDP unit without parameters of its own
+            continue
+        flat = handle.flat_param
+        prefix = f'{path}.' if path else ''
+        if len(flat._fqns) != len(flat._shapes):
+            raise ValueError(f'FSDP module {path!r}: {len(flat._fqns)} parameter names but '
+                             f'{len(flat._shapes)} shapes in its flat parameter')
+        own = dict(zip(flat._fqns, flat._shapes))
+        for fqn, shape in own.items():
+            shapes[strip_wrapper_prefix(prefix + fqn)] = torch.Size(shape)
+        for info in flat._shared_param_infos:
+            prim = (f'{info.prim_module_name}.' if info.prim_module_name else '') + \
+                info.prim_param_name
+            alias = (f'{info.module_name}.' if info.module_name else '') + info.param_name
+            shapes[strip_wrapper_prefix(prefix + alias)] = torch.Size(own[prim])
+    return shapes
+
+
+def _flat_parameter_class() -> type:
+    """torch's FSDP ``FlatParameter`` (imported late: ``torch.distributed`` is optional)."""
+    from torch.distributed.fsdp import FlatParameter
+
+    return FlatParameter
+
+
+def original_param_shapes(model: nn.Module) -> dict[str, torch.Size]:
+    """Shape of every parameter of ``model`` before any FSDP flattening and sharding.
+
+    Args:
+        model: A plain, DDP-wrapped or FSDP-wrapped (``use_orig_params=True``) model.
+
+    Returns:
+        ``{name: shape}`` for ``model.named_parameters()``, names cleaned by
+        :func:`strip_wrapper_prefix`. Plain parameters give ``param.shape``; parameters
+        that FSDP manages (1-D shards, possibly empty, on each rank) give the shape recorded
+        in their ``FlatParameter``'s metadata (``_fqns``/``_shapes``), matched by exact name.
+
+    Raises:
+        ValueError: for a ``FlatParameter`` (FSDP with ``use_orig_params=False``), or an
+            FSDP-managed parameter whose FSDP module is not ``model`` or inside it (e.g.
+            the module unwrapped from its FSDP wrapper), instead of guessing its shape.
+    """
+    fsdp_shapes = _fsdp_shapes(model)
+    shapes: dict[str, torch.Size] = {}
+    for raw_name, param in model.named_parameters():
+        name = strip_wrapper_prefix(raw_name)
+        if not getattr(param, '_fsdp_flattened', False):  # torch's mark of FSDP-managed tensors
+            shapes[name] = param.shape
+        elif name in fsdp_shapes:
+            shapes[name] = fsdp_shapes[name]
+        elif isinstance(param, _flat_parameter_class()):
+            raise ValueError(
+                f'{raw_name!r} is an FSDP FlatParameter: the original parameter names and '
+                'shapes are hidden; wrap the model with use_orig_params=True '
+                "(model_wrapper=dict(type='MMFullyShardedDataParallel', use_orig_params=True))")
+        else:
+            raise ValueError(
+                f'cannot resolve the original shape of FSDP-managed parameter {raw_name!r}: '
+                f'no FSDP module in the given {type(model).__name__} lists {name!r}; pass the '
+                'FSDP-wrapped model itself, not the module unwrapped from it')
+    return shapes
 
 
 def _is_number(value: Any) -> bool:
@@ -126,9 +216,15 @@ def get_lr_scale(layer_id: int, num_layers: int, decay_rate: float) -> float:
     return decay_rate ** (num_layers + 2 - layer_id - 1)
 
 
-def is_no_decay(name: str, param: nn.Parameter) -> bool:
-    """True for parameters without weight decay: 1-D tensors and names ending in ``.bias``."""
-    return param.ndim == 1 or name.endswith('.bias')
+def is_no_decay(name: str, shape: torch.Size | nn.Parameter) -> bool:
+    """True for parameters without weight decay: 1-D tensors and names ending in ``.bias``.
+
+    ``shape`` is the parameter's original shape (:func:`original_param_shapes`), or the
+    parameter itself when it is not sharded.
+    """
+    if isinstance(shape, torch.Tensor):
+        shape = shape.shape
+    return len(shape) == 1 or name.endswith('.bias')
 
 
 @dataclass
@@ -139,6 +235,8 @@ class _Group:
     weight_decay: float
     custom_key: str | None
     params: list[nn.Parameter] = field(default_factory=list)
+    #: Number of elements of the parameters in their original (unsharded) shapes.
+    numel: int = 0
 
     def as_param_group(self) -> dict[str, Any]:
         group = dict(params=self.params, lr=self.lr, weight_decay=self.weight_decay,
@@ -155,7 +253,7 @@ def _format_table(groups: Iterable[_Group], header: str) -> str:
              f'{"tensors":>7}  {"params":>11}' + ('  custom key' if with_keys else '')]
     for g in groups:
         line = (f'{g.layer_id:>5}  {g.lr_scale:>9.4f}  {g.lr:>10.3e}  {g.weight_decay:>12.4g}  '
-                f'{len(g.params):>7}  {sum(p.numel() for p in g.params):>11,}')
+                f'{len(g.params):>7}  {g.numel:>11,}')
         if with_keys:
             line += f'  {g.custom_key or "-"}'
         lines.append(line)
@@ -278,14 +376,33 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
                 f'the layers above it; expected num_layers >= {worst_id} (the official recipes '
                 'use 6 for ConvNeXt-T and 12 for S/B/L/XL)')
 
+    #: Original parameter shapes of the model given to ``__call__`` (see there).
+    _param_shapes: dict[str, torch.Size] | None = None
+
+    def __call__(self, model: nn.Module) -> OptimWrapper:
+        """Build the optimizer wrapper for ``model`` (plain, DDP- or FSDP-wrapped).
+
+        mmengine unwraps ``model.module`` before :meth:`add_params`; under FSDP the
+        original parameter shapes are read here, from the wrapper, first.
+        """
+        self._param_shapes = original_param_shapes(model)
+        try:
+            return super().__call__(model)
+        finally:
+            self._param_shapes = None
+
     def add_params(self, params: list[dict], module: nn.Module, prefix: str = '',
                    is_dcn_module: int | float | None = None) -> None:
         """Append one param group per (layer id, decay/no decay, custom key) to ``params``.
 
-        ``prefix`` and ``is_dcn_module`` exist for signature compatibility with
-        mmengine's recursive implementation and are not used.
+        Weight decay follows each parameter's original shape, also under FSDP, where
+        every rank holds 1-D shards. ``prefix`` and ``is_dcn_module`` exist for
+        signature compatibility with mmengine's recursive implementation and are not used.
         """
         named = [(strip_wrapper_prefix(n), p) for n, p in module.named_parameters()]
+        shapes = self._param_shapes
+        if shapes is None or any(n not in shapes for n, _ in named):
+            shapes = original_param_shapes(module)
         self._check_model(module, [n for n, _ in named])
         custom_keys = self.paramwise_cfg.get('custom_keys', {})
         groups: dict[tuple[int, bool, str | None], _Group] = {}
@@ -293,7 +410,7 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             if not param.requires_grad:
                 continue
             layer_id = get_layer_id(name, self.num_layers, self.decay_type)
-            no_decay = is_no_decay(name, param)
+            no_decay = is_no_decay(name, shapes[name])
             key = self._custom_key(name)
             group = groups.get((layer_id, no_decay, key))
             if group is None:
@@ -305,6 +422,7 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
                     weight_decay=0.0 if no_decay else self.base_wd * mults.get('decay_mult', 1.0),
                     custom_key=key)
             group.params.append(param)
+            group.numel += shapes[name].numel()
         ordered = sorted(groups.values(),
                          key=lambda g: (g.layer_id, g.custom_key or '', -g.weight_decay))
         params.extend(g.as_param_group() for g in ordered)

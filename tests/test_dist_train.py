@@ -6,6 +6,7 @@ both ranks after each iteration, so the run itself fails if the replicas drift a
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -59,6 +60,19 @@ def dist_train(tmp_path: Path, config_lines: str) -> tuple[Path, str]:
     return work_dir, log
 
 
+def decay_table(log: str) -> list[tuple[int, float, int]]:
+    """(layer id, weight decay, tensors) of each row of the layer-decay constructor's table."""
+    header = log.index('ConvNeXtLayerDecayOptimizerConstructor: layer_wise decay')
+    rows = []
+    for line in log[header:].splitlines()[2:]:
+        match = re.fullmatch(r'\s*(\d+)\s+[\d.]+\s+[\d.e+-]+\s+([\d.e+-]+)\s+(\d+)\s+[\d,]+',
+                             line)
+        if match is None:
+            break
+        rows.append((int(match[1]), float(match[2]), int(match[3])))
+    return rows
+
+
 def test_two_process_training_keeps_replicas_identical(tmp_path):
     work_dir, log = dist_train(
         tmp_path, "custom_hooks = [dict(type='ReplicaSyncCheckHook', interval=1)]")
@@ -70,6 +84,11 @@ def test_fsdp_on_two_cpu_processes(tmp_path):
     """FlexibleRunner + FSDPStrategy: the model is sharded over 2 gloo ranks, trains, evaluates."""
     work_dir, log = dist_train(tmp_path, FSDP_CONFIG)
     assert "FSDPStrategy shards the model on the CPU (device_id='cpu')" in log
+    # weight decay by the original shapes, not the 1-D shards: conv/linear weights in every
+    # layer id decayed, norms/biases/layer scales not (atto: stage 2 has ids 3-4, stage 3 6)
+    table = decay_table(log)
+    assert {(layer, wd) for layer, wd, _ in table} == {
+        (layer, wd) for layer in (0, 1, 2, 3, 4, 6, 7) for wd in (0.0, 0.05)}, table
     # mmengine's default 'local' state dict: one shard per rank
     assert sorted(p.name for p in (work_dir / 'epoch_1.pth').iterdir()) == ['rank0.pth',
                                                                             'rank1.pth']

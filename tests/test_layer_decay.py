@@ -63,12 +63,12 @@ def expected_id(name: str, num_layers: int, decay_type: str) -> int:
     return num_layers + 1
 
 
-def expected_lr_wd(name: str, param: nn.Parameter, cfg: dict) -> tuple[float, float]:
+def expected_lr_wd(name: str, shape: torch.Size, cfg: dict) -> tuple[float, float]:
     pw, opt = cfg['paramwise_cfg'], cfg['optimizer']
     layers = pw['num_layers']
     layer = expected_id(name, layers, pw['decay_type'])
     lr = opt['lr'] * pw['decay_rate'] ** (layers + 2 - layer - 1)
-    no_decay = param.dim() == 1 or name.endswith('.bias')
+    no_decay = len(shape) == 1 or name.endswith('.bias')
     return lr, 0.0 if no_decay else opt['weight_decay']
 
 
@@ -80,8 +80,13 @@ def groups_by_param(optim_wrapper: OptimWrapper) -> dict[int, list[dict]]:
     return found
 
 
-def check_rule(model: nn.Module, optim_wrapper: OptimWrapper, cfg: dict) -> None:
-    """Every trainable parameter in one group with the rule's lr and weight decay."""
+def check_rule(model: nn.Module, optim_wrapper: OptimWrapper, cfg: dict,
+               shapes: dict[str, torch.Size] | None = None) -> None:
+    """Every trainable parameter in one group with the rule's lr and weight decay.
+
+    ``shapes``: the parameters' original shapes where they differ from ``param.shape``
+    (FSDP shards).
+    """
     found = groups_by_param(optim_wrapper)
     trainable = 0
     for name, param in model.named_parameters():
@@ -91,7 +96,7 @@ def check_rule(model: nn.Module, optim_wrapper: OptimWrapper, cfg: dict) -> None
         trainable += 1
         assert len(found.get(id(param), [])) == 1, f'{name} is in {len(found.get(id(param), []))}'
         group = found[id(param)][0]
-        lr, wd = expected_lr_wd(name, param, cfg)
+        lr, wd = expected_lr_wd(name, (shapes or {}).get(name, param.shape), cfg)
         assert group['lr'] == pytest.approx(lr, rel=1e-12), name
         assert group['weight_decay'] == wd, name
     assert len(found) == trainable
@@ -197,6 +202,8 @@ class Wrapped(nn.Module):
     ('module.backbone.stages.2.5.norm.weight', 6, 4),
     ('module.module.backbone.downsample_layers.1.0.weight', 6, 2),
     ('module.neck.fpn_convs.0.conv.weight', 6, 7),
+    ('_fsdp_wrapped_module.backbone.stages.2.5.norm.weight', 6, 4),  # FSDP
+    ('backbone._fsdp_wrapped_module.stages._fsdp_wrapped_module.0.0.gamma', 6, 1),  # nested
 ])
 def test_layer_wise_ids_by_hand(name, num_layers, layer_id):
     assert get_layer_id(name, num_layers, 'layer_wise') == layer_id
@@ -229,6 +236,9 @@ def test_lr_scale_and_weight_decay_rule():
     # ConvNeXt V2's GRN parameters are (1, 1, 1, C): decayed, as in the official rule.
     assert not layer_decay.is_no_decay('backbone.stages.0.0.grn.beta',
                                        nn.Parameter(torch.ones(1, 1, 1, 4)))
+    # shapes, as original_param_shapes gives them
+    assert not layer_decay.is_no_decay('neck.conv.weight', torch.Size([4, 4, 3, 3]))
+    assert layer_decay.is_no_decay('neck.norm.weight', torch.Size([4]))
 
 
 @pytest.mark.parametrize('call, message', [
@@ -341,6 +351,80 @@ def test_distributed_data_parallel_on_cpu(tmp_path):
         check_rule(model, build_wrapper(ddp, cfg, 'mmdet'), cfg)
     finally:
         dist.destroy_process_group()
+
+
+def test_original_param_shapes_of_plain_and_wrapped_models():
+    model = Toy('atto')
+    expected = {n: p.shape for n, p in model.named_parameters()}
+    assert 'head.weight' in expected and 'head_alias.weight' not in expected  # shared: once
+    assert layer_decay.original_param_shapes(model) == expected
+    assert layer_decay.original_param_shapes(Wrapped(Wrapped(model))) == expected
+
+
+@pytest.fixture
+def gloo_world_of_one(tmp_path):
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/store', rank=0,
+                            world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def shard_like_fsdp(model: nn.Module) -> None:
+    """Give each parameter the 1-D view that FSDP's FULL_SHARD leaves on a rank.
+
+    With one rank FSDP falls back to NO_SHARD and keeps the original shapes; on
+    several ranks each original parameter is a 1-D slice of the rank's flat shard.
+    """
+    for param in model.parameters():
+        param.data = param.data.reshape(-1)
+
+
+@pytest.mark.filterwarnings('ignore:FSDP is switching to use `NO_SHARD`')
+def test_fsdp_use_orig_params_gets_weight_decay_by_original_shape(gloo_world_of_one):
+    """The groups of an FSDP-wrapped model with 1-D parameters are those of the plain model."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    cfg = optim_cfg(MASK_RCNN_T_OPTIM, num_layers=4)
+    torch.manual_seed(0)
+    plain = Toy('atto')
+    shapes = {n: p.shape for n, p in plain.named_parameters()}
+    expected = build_wrapper(plain, cfg, 'mmdet')
+    torch.manual_seed(0)
+    fsdp = FSDP(Toy('atto'), device_id=torch.device('cpu'), use_orig_params=True)
+    assert any(n.startswith('_fsdp_wrapped_module.') for n, _ in fsdp.named_parameters())
+    shard_like_fsdp(fsdp)
+    inner = fsdp.module
+    assert all(p.dim() == 1 for p in inner.parameters())  # the old rule: no decay anywhere
+    assert layer_decay.original_param_shapes(fsdp) == shapes
+    optim_wrapper = build_wrapper(fsdp, cfg, 'mmdet')
+    check_rule(inner, optim_wrapper, cfg, shapes)
+    strip = [{k: v for k, v in g.items() if k != 'params'}
+             for g in expected.optimizer.param_groups]
+    assert strip == [{k: v for k, v in g.items() if k != 'params'}
+                     for g in optim_wrapper.optimizer.param_groups]
+    found = groups_by_param(optim_wrapper)
+    block = inner.backbone.stages[0][0]
+    for decayed in (block.dwconv.weight, block.pwconv1.weight, inner.head.weight):
+        assert found[id(decayed)][0]['weight_decay'] == 0.05
+    for not_decayed in (block.gamma, block.norm.weight, block.pwconv1.bias, inner.head.bias):
+        assert found[id(not_decayed)][0]['weight_decay'] == 0.0
+    # no guessing: the unwrapped module does not say what FSDP flattened
+    with pytest.raises(ValueError, match="cannot resolve the original shape of FSDP-managed "
+                                         "parameter 'backbone.downsample_layers.0.0.weight'"):
+        layer_decay.original_param_shapes(inner)
+
+
+@pytest.mark.filterwarnings('ignore:FSDP is switching to use `NO_SHARD`')
+def test_fsdp_flat_parameters_are_rejected(gloo_world_of_one):
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    fsdp = FSDP(Toy('atto'), device_id=torch.device('cpu'), use_orig_params=False)
+    with pytest.raises(ValueError, match="'_fsdp_wrapped_module._flat_param' is an FSDP "
+                                         'FlatParameter.*use_orig_params=True'):
+        build_wrapper(fsdp, MASK_RCNN_T_OPTIM, 'mmdet')
 
 
 @pytest.mark.parametrize('arch, num_layers, stage2', [
