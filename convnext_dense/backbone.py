@@ -233,6 +233,9 @@ class ConvNeXt(BaseModule):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return the normalised features of ``out_indices`` (NCHW, strides 4..32)."""
         self._check_input(x)
+        # Channels-last inside: the blocks' permutes to NHWC and back are then free views,
+        # and oneDNN's depthwise convolution is faster on it. Outputs are plain NCHW again.
+        x = x.contiguous(memory_format=torch.channels_last)
         outs = {}
         # All stages run, as in the official release, so every parameter takes
         # part in each step (DDP needs no find_unused_parameters).
@@ -240,4 +243,4 @@ class ConvNeXt(BaseModule):
             x = self._run_stage(self.stages[i], self.downsample_layers[i](x))
             if i in self.out_indices:
                 outs[i] = getattr(self, f'norm{i}')(x)
-        return tuple(outs[i] for i in self.out_indices)
+        return tuple(outs[i].contiguous() for i in self.out_indices)

@@ -6,6 +6,8 @@ so official checkpoints load without renaming.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
@@ -27,6 +29,89 @@ class LayerNorm2d(nn.LayerNorm):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+
+class _DepthwiseConv2dFunction(torch.autograd.Function):
+    """Stride-1 'same' depthwise convolution with a faster CPU backward.
+
+    oneDNN's depthwise backward-weights kernel is 3-40x slower than the forward
+    on CPU (worst on small maps such as the 7x7 of stage 3). Here the input
+    gradient is a forward convolution with the flipped kernel and the weight
+    gradient is, per sample, a depthwise convolution of the padded input with
+    the output gradient as kernel: both run on oneDNN's fast forward path.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type='cpu')
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, 1, padding, 1, x.shape[1])
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type='cpu')
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        pad, channels = ctx.padding, x.shape[1]
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(2, 3), None, 1, pad, 1, channels).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            padded = F.pad(x, (pad, pad, pad, pad)).contiguous()
+            grad_nchw = grad.contiguous()
+            grad_weight = torch.zeros_like(weight)
+            for n in range(x.shape[0]):
+                grad_weight += F.conv2d(padded[n:n + 1], grad_nchw[n].unsqueeze(1),
+                                        groups=channels).view_as(weight)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2, 3), dtype=weight.dtype)
+        return grad_x, grad_weight, grad_bias, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """Depthwise ``k x k`` convolution (stride 1, 'same' padding) of a ConvNeXt block.
+
+    A plain ``nn.Conv2d`` (same parameters and state-dict keys) whose CPU
+    backward avoids oneDNN's slow depthwise weight-gradient kernel; on other
+    devices, and without gradients, it is ``nn.Conv2d.forward``.
+
+    Args:
+        channels: Input and output channels (one filter per channel).
+        kernel_size: Odd kernel size.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 7) -> None:
+        if kernel_size % 2 != 1:
+            raise ValueError(f'kernel_size must be odd, got {kernel_size}')
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2,
+                         groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != 'cpu' or not torch.is_grad_enabled() or not (
+                x.requires_grad or self.weight.requires_grad):
+            return super().forward(x)
+        return _DepthwiseConv2dFunction.apply(x, self.weight, self.bias, self.padding[0])
+
+
+def _find_linear_pointwise() -> Any:
+    try:
+        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+#: oneDNN's linear with a fused element-wise op (``gelu``) or ``binary`` (``add``) post-op,
+#: what inductor's CPU backend uses; None where this torch build lacks it.
+_LINEAR_POINTWISE = _find_linear_pointwise()
+
+
+def _fused_inference(x: torch.Tensor) -> bool:
+    """Whether the block's MLP can run as fused oneDNN kernels: CPU, fp32, no autograd."""
+    return (_LINEAR_POINTWISE is not None and not torch.is_grad_enabled()
+            and x.device.type == 'cpu' and x.dtype == torch.float32
+            and not torch.is_autocast_enabled('cpu'))
 
 
 class GlobalResponseNorm(nn.Module):
@@ -64,7 +149,7 @@ class ConvNeXtBlock(nn.Module):
     def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init_value: float = 1e-6,
                  use_grn: bool = False, mlp_ratio: int = 4) -> None:
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.dwconv = DepthwiseConv2d(dim, kernel_size=7)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, mlp_ratio * dim)
         self.act = nn.GELU()
@@ -77,12 +162,30 @@ class ConvNeXtBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        x = self.dwconv(x).permute(0, 2, 3, 1)
-        x = self.act(self.pwconv1(self.norm(x)))
+        """NCHW in, NCHW out; fastest for channels_last inputs, where every permute is free."""
+        shortcut = x.permute(0, 2, 3, 1)
+        x = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+        no_drop_path = isinstance(self.drop_path, nn.Identity) or not self.training
+        if no_drop_path and self.grn is None and _fused_inference(x):
+            return self._fused_inference_mlp(x, shortcut).permute(0, 3, 1, 2)
+        x = self.act(self.pwconv1(x))
         if self.grn is not None:
             x = self.grn(x)
         x = self.pwconv2(x)
+        if no_drop_path:
+            # shortcut + gamma * x in one pass
+            x = shortcut + x if self.gamma is None else torch.addcmul(shortcut, x, self.gamma)
+        else:
+            x = shortcut + self.drop_path(x if self.gamma is None else x * self.gamma)
+        return x.permute(0, 3, 1, 2)
+
+    def _fused_inference_mlp(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``shortcut + gamma * pwconv2(gelu(pwconv1(x)))`` as two oneDNN kernels (NHWC)."""
+        x = _LINEAR_POINTWISE(x, self.pwconv1.weight, self.pwconv1.bias, 'gelu', [], 'none')
+        weight, bias = self.pwconv2.weight, self.pwconv2.bias
         if self.gamma is not None:
-            x = x * self.gamma
-        return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
+            if x[..., 0].numel() <= weight.shape[1]:  # few pixels: scaling the output is cheaper
+                x = F.linear(x, weight, bias)
+                return torch.addcmul(shortcut, x, self.gamma)
+            weight, bias = weight * self.gamma[:, None], bias * self.gamma
+        return _LINEAR_POINTWISE.binary(x, shortcut.contiguous(), weight, bias, 'add')

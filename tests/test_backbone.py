@@ -131,6 +131,29 @@ def test_with_cp_gives_identical_outputs_and_gradients():
         torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
 
 
+def test_memory_formats_and_inference_path_give_the_same_results():
+    """channels_last inputs, and the fused no-grad path, match the autograd path (fp32)."""
+    torch.manual_seed(0)
+    model = randomize_(ConvNeXt(arch='atto', layer_scale_init_value=1.0)).eval()
+    x = torch.randn(2, 3, 96, 64)
+    results = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        inp = x.detach().contiguous(memory_format=memory_format).requires_grad_()
+        outs = model(inp)
+        assert all(o.is_contiguous() for o in outs)  # plain NCHW out, whatever came in
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        results.append((outs, inp.grad, [p.grad.clone() for p in model.parameters()]))
+        model.zero_grad()
+    (outs_a, x_grad_a, grads_a), (outs_b, x_grad_b, grads_b) = results
+    with torch.no_grad():
+        outs_c = model(x)
+    for a, b, c in zip(outs_a, outs_b, outs_c):
+        assert relative_error(b, a) < 1e-5 and relative_error(c, a) < 1e-5
+    assert relative_error(x_grad_b, x_grad_a) < 1e-5
+    for a, b in zip(grads_a, grads_b):
+        assert relative_error(b, a) < 1e-5
+
+
 def test_drop_path_active_in_train_and_off_in_eval():
     model = ConvNeXt(arch='atto', drop_path_rate=0.5, layer_scale_init_value=1.0)
     reference = ConvNeXt(arch='atto', drop_path_rate=0.0, layer_scale_init_value=1.0)
