@@ -1,0 +1,677 @@
+"""Speed and memory of ConvNeXt backbones side by side: this package, timm, the official design.
+
+What :mod:`tools/benchmark.py <tools.benchmark>` runs. Every implementation gets the same
+input in the same process; repetitions are interleaved (one step of each in turn), so a
+machine whose load changes during the run slows all of them alike, and the reported figure is
+the median over repetitions after warm-up. Peak memory is measured in a fresh subprocess per
+measurement (CPU: the rise of the resident set over the step, from ``/proc/self/status``
+``VmHWM`` after resetting it; CUDA: ``max_memory_allocated``).
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbone import ConvNeXt
+from .layers import ConvNeXtBlock, LayerNorm2d
+
+IMPLS = ('ours', 'timm', 'official', 'mmpretrain')
+OPTIONS = ('channels_last', 'with_cp', 'compile', 'amp')
+MODES = ('infer', 'train')
+ARCH_ALIASES = {'T': 'tiny', 'S': 'small', 'B': 'base', 'L': 'large', 'XL': 'xlarge'}
+
+
+# --------------------------------------------------------------------------------------------
+# The official release's design, as the baseline
+# --------------------------------------------------------------------------------------------
+class OfficialLayerNorm(nn.Module):
+    """The official release's channels-first LayerNorm: mean and variance by hand."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class OfficialBlock(nn.Module):
+    """The official release's block: plain ``nn.Conv2d``, permute, MLP, layer scale, permute."""
+
+    def __init__(self, dim: int, layer_scale_init_value: float) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = (nn.Parameter(torch.full((dim,), layer_scale_init_value))
+                      if layer_scale_init_value > 0 else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.dwconv(x).permute(0, 2, 3, 1)
+        x = self.pwconv2(self.act(self.pwconv1(self.norm(x))))
+        if self.gamma is not None:
+            x = self.gamma * x
+        return shortcut + x.permute(0, 3, 1, 2)
+
+
+def official_convnext(arch: str, **kwargs: Any) -> ConvNeXt:
+    """Our backbone with its blocks and channels-first norms swapped for the official design.
+
+    Same structure, parameter names and weights (the state dict loads 1:1), so the only
+    difference to ``ConvNeXt(arch)`` is the code that runs.
+    """
+    model = ConvNeXt(arch=arch, **kwargs)
+    state = model.state_dict()
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, LayerNorm2d):
+                setattr(parent, name, OfficialLayerNorm(child.normalized_shape[0], child.eps))
+            elif isinstance(child, ConvNeXtBlock):
+                if child.grn is not None or not isinstance(child.drop_path, nn.Identity):
+                    raise ValueError('the official baseline has no GRN and no drop path here')
+                setattr(parent, name, OfficialBlock(child.dwconv.in_channels,
+                                                    1.0 if child.gamma is not None else 0.0))
+    model.load_state_dict(state)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Building what is measured
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """One implementation with options: ``ours``, ``timm``, ``official`` or ``mmpretrain``."""
+
+    impl: str
+    options: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return '+'.join((self.impl, *self.options))
+
+
+def mmpretrain_available() -> bool:
+    """Whether mmpretrain can be imported."""
+    try:
+        import mmpretrain  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+class _TupleOutputs(nn.Module):
+    """Wrap a model whose forward returns a list, so every variant returns a tuple."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(x))
+
+
+def build_backbone(variant: Variant, arch: str) -> nn.Module:
+    """Build the backbone of a variant, all four stage outputs, random weights, train mode."""
+    with_cp = 'with_cp' in variant.options
+    if variant.impl == 'ours':
+        model: nn.Module = ConvNeXt(arch=arch, out_indices=(0, 1, 2, 3), with_cp=with_cp)
+    elif variant.impl == 'official':
+        model = official_convnext(arch, out_indices=(0, 1, 2, 3), with_cp=with_cp)
+    elif variant.impl == 'timm':
+        import timm
+        model = _TupleOutputs(timm.create_model(f'convnext_{arch}', pretrained=False,
+                                                features_only=True))
+        if with_cp:
+            model.model.set_grad_checkpointing(True)
+    elif variant.impl == 'mmpretrain':
+        from mmpretrain.models import ConvNeXt as MMPretrainConvNeXt
+        model = _TupleOutputs(MMPretrainConvNeXt(arch=arch, out_indices=(0, 1, 2, 3),
+                                                 gap_before_final_norm=False, with_cp=with_cp))
+    else:
+        raise ValueError(f'impl must be one of {", ".join(IMPLS)}, got {variant.impl!r}')
+    unknown = set(variant.options) - set(OPTIONS)
+    if unknown:
+        raise ValueError(f'options must be among {", ".join(OPTIONS)}, got {sorted(unknown)}')
+    if 'channels_last' in variant.options:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_input(batch: int, size: tuple[int, int], variant: Variant,
+               device: torch.device) -> torch.Tensor:
+    """A random image batch in the variant's memory format."""
+    x = torch.randn(batch, 3, *size, device=device)
+    if 'channels_last' in variant.options:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def make_step(variant: Variant, model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
+    """One inference (``no_grad``) or training step (forward + backward) of ``model`` on ``x``."""
+    runner = torch.compile(model) if 'compile' in variant.options else model
+    amp_dtype = torch.bfloat16 if x.device.type == 'cpu' else torch.float16
+    use_amp = 'amp' in variant.options
+
+    def forward() -> tuple[torch.Tensor, ...]:
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=use_amp):
+            return runner(x)
+
+    if mode == 'infer':
+        model.eval()
+
+        def step() -> None:
+            with torch.no_grad():
+                forward()
+    elif mode == 'train':
+        model.train()
+
+        def step() -> None:
+            model.zero_grad(set_to_none=True)  # as optimizers do by default
+            outs = forward()
+            loss = sum(out.float().mean() for out in outs)
+            loss.backward()
+    else:
+        raise ValueError(f'mode must be one of {", ".join(MODES)}, got {mode!r}')
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, reps: int,
+                     device: torch.device) -> dict[str, list[float]]:
+    """Seconds per step of each callable: ``warmup`` untimed calls each, then ``reps`` rounds
+    of one call each in turn."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+        _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def count_flops(arch: str, batch: int, size: tuple[int, int], mode: str) -> int:
+    """FLOPs (2 per multiply-add) of one step: the forward's, three times that for training.
+
+    The forward is counted with torch's FLOP counter on the meta device; a backward costs
+    twice the forward (input and weight gradients), the usual convention.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+    model = official_convnext(arch).to('meta')
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.empty(batch, 3, *size, device='meta'))
+    return counter.get_total_flops() * (1 if mode == 'infer' else 3)
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """Measured fp32 matrix-multiply throughput (GFLOP/s): median of ``reps`` n x n products."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    times = time_interleaved({'mm': lambda: torch.mm(a, b)}, warmup=2, reps=reps,
+                             device=device)['mm']
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+# --------------------------------------------------------------------------------------------
+# Peak memory, one fresh process per measurement
+# --------------------------------------------------------------------------------------------
+def _proc_status_kib(key: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(key + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{key} not in /proc/self/status')
+
+
+def _release_free_memory() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_memory_in_this_process(variant: Variant, arch: str, batch: int, size: tuple[int, int],
+                                mode: str, device: torch.device) -> float:
+    """MiB the step adds at its peak over what the model and input hold before it.
+
+    One step runs first (allocator pools, oneDNN caches), then the gradients are dropped so
+    that the measured step allocates them again.
+    """
+    model = build_backbone(variant, arch).to(device)
+    x = make_input(batch, size, variant, device)
+    step = make_step(variant, model, x, mode)
+    step()
+    model.zero_grad(set_to_none=True)
+    _release_free_memory()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset VmHWM to the current resident set
+    before = _proc_status_kib('VmRSS')
+    step()
+    return (_proc_status_kib('VmHWM') - before) / 1024
+
+
+def peak_memory(variant: Variant, arch: str, batch: int, size: tuple[int, int], mode: str,
+                device: torch.device, threads: int) -> float:
+    """:func:`peak_memory_in_this_process` in a fresh Python process."""
+    spec = dict(variant=asdict(variant), arch=arch, batch=batch, size=list(size), mode=mode,
+                device=str(device), threads=threads)
+    result = subprocess.run([sys.executable, '-m', 'convnext_dense.benchmark', json.dumps(spec)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f'memory probe for {spec} failed:\n{result.stderr[-2000:]}')
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def _memory_probe_main(argv: Sequence[str]) -> None:
+    spec = json.loads(argv[0])
+    torch.set_num_threads(spec['threads'])
+    variant = Variant(spec['variant']['impl'], tuple(spec['variant']['options']))
+    print(peak_memory_in_this_process(variant, spec['arch'], spec['batch'], tuple(spec['size']),
+                                      spec['mode'], torch.device(spec['device'])))
+
+
+
+# --------------------------------------------------------------------------------------------
+# A whole run
+# --------------------------------------------------------------------------------------------
+Size = tuple[int, int]
+
+
+@dataclass
+class Settings:
+    """What one run measures. The defaults are the full run written to docs/benchmarks.md."""
+
+    archs: tuple[str, ...] = ('tiny', 'small', 'base')
+    sizes: tuple[Size, ...] = ((224, 224), (512, 512), (800, 1216))
+    batches: dict[Size, int] = field(default_factory=lambda: {
+        (224, 224): 8, (512, 512): 2, (800, 1216): 1})
+    impls: tuple[str, ...] = ('ours', 'timm', 'official', 'mmpretrain')
+    modes: tuple[str, ...] = MODES
+    options: tuple[str, ...] = OPTIONS
+    option_arch: str = 'tiny'
+    option_sizes: tuple[Size, ...] = ((224, 224), (512, 512))
+    memory_sizes: tuple[Size, ...] = ((224, 224), (800, 1216))
+    warmup: int = 1
+    reps: int = 5
+    detector_config: str | None = 'configs/mask_rcnn_convnext_t_coco.py'
+    detector_size: Size = (800, 1333)
+    detector_reps: int = 3
+    threads: int = field(default_factory=torch.get_num_threads)
+    device: str = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+    def batch(self, size: Size) -> int:
+        """Batch size for an input size (1 where none is set)."""
+        return self.batches.get(size, 1)
+
+
+@dataclass
+class SpeedRow:
+    """Median seconds per step of one variant in one setting."""
+
+    arch: str
+    size: Size
+    batch: int
+    mode: str
+    variant: str
+    seconds: float
+    flops: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch / self.seconds
+
+    @property
+    def gflops_per_s(self) -> float:
+        return self.flops / self.seconds / 1e9
+
+
+@dataclass
+class MemoryRow:
+    """Peak memory a training step adds (MiB)."""
+
+    arch: str
+    size: Size
+    batch: int
+    variant: str
+    mib: float
+
+
+@dataclass
+class Results:
+    """Everything one run measured."""
+
+    settings: Settings
+    matmul_gflops: float = 0.0
+    speed: list[SpeedRow] = field(default_factory=list)
+    memory: list[MemoryRow] = field(default_factory=list)
+    detector_images_per_s: float | None = None
+    skipped: list[str] = field(default_factory=list)
+
+
+def _variants(settings: Settings, arch: str, size: Size, mode: str) -> list[Variant]:
+    variants = [Variant(impl) for impl in settings.impls]
+    if arch == settings.option_arch and size in settings.option_sizes:
+        for option in settings.options:
+            if option == 'with_cp' and mode == 'infer':
+                continue  # checkpointing does nothing without gradients
+            variants.append(Variant('ours', (option,)))
+    return variants
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_speed(settings: Settings, results: Results) -> None:
+    """Time every variant in every (arch, size, mode), interleaved within each setting."""
+    device = torch.device(settings.device)
+    for arch in settings.archs:
+        for size in settings.sizes:
+            batch = settings.batch(size)
+            for mode in settings.modes:
+                steps = {}
+                for variant in _variants(settings, arch, size, mode):
+                    torch.manual_seed(0)
+                    model = build_backbone(variant, arch).to(device)
+                    steps[variant.name] = make_step(variant, model,
+                                                    make_input(batch, size, variant, device), mode)
+                flops = count_flops(arch, batch, size, mode)
+                _log(f'{arch} {size[0]}x{size[1]} x{batch} {mode}: {", ".join(steps)}')
+                times = time_interleaved(steps, settings.warmup, settings.reps, device)
+                for name, seconds in times.items():
+                    results.speed.append(SpeedRow(arch, size, batch, mode, name,
+                                                  statistics.median(seconds), flops))
+                del steps
+                gc.collect()
+
+
+def run_memory(settings: Settings, results: Results) -> None:
+    """Peak memory of a training step of each implementation and with ``with_cp``."""
+    device = torch.device(settings.device)
+    arch = settings.option_arch
+    variants = [Variant(impl) for impl in settings.impls]
+    if 'with_cp' in settings.options:
+        variants.append(Variant('ours', ('with_cp',)))
+    for size in settings.memory_sizes:
+        batch = settings.batch(size)
+        for variant in variants:
+            _log(f'memory {arch} {size[0]}x{size[1]} x{batch} {variant.name}')
+            mib = peak_memory(variant, arch, batch, size, 'train', device, settings.threads)
+            results.memory.append(MemoryRow(arch, size, batch, variant.name, mib))
+
+
+def detector_images_per_s(config: str, size: Size, reps: int, device: torch.device) -> float:
+    """Inference images/s of a config's whole detector (random weights) on one image."""
+    from mmengine.config import Config
+    from mmengine.structures import InstanceData  # noqa: F401  (mmdet data samples need it)
+
+    from .complexity import build_model
+    cfg = Config.fromfile(config)
+    cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).eval()
+    from mmdet.structures import DetDataSample
+    height, width = size
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)
+    meta = dict(img_shape=size, ori_shape=size, scale_factor=(1.0, 1.0))
+    data = model.data_preprocessor(dict(inputs=[image], data_samples=[DetDataSample(
+        metainfo=meta)]), training=False)
+
+    def step() -> None:
+        with torch.no_grad():
+            model(**data, mode='predict')
+    times = time_interleaved({'detector': step}, warmup=1, reps=reps, device=device)
+    return 1 / statistics.median(times['detector'])
+
+
+def run(settings: Settings) -> Results:
+    """Measure everything ``settings`` asks for."""
+    torch.set_num_threads(settings.threads)
+    device = torch.device(settings.device)
+    if 'mmpretrain' in settings.impls and not mmpretrain_available():
+        settings.impls = tuple(i for i in settings.impls if i != 'mmpretrain')
+    results = Results(settings)
+    if not mmpretrain_available():
+        results.skipped.append('mmpretrain: not installed')
+    results.matmul_gflops = matmul_gflops(device)
+    _log(f'matmul: {results.matmul_gflops:.1f} GFLOP/s')
+    run_speed(settings, results)
+    if settings.memory_sizes:
+        run_memory(settings, results)
+    if settings.detector_config:
+        _log(f'detector {settings.detector_config}')
+        results.detector_images_per_s = detector_images_per_s(
+            settings.detector_config, settings.detector_size, settings.detector_reps, device)
+    return results
+
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------
+#: The issue's targets: (description, minimum or maximum, value).
+TARGET_DEFAULT_VS_TIMM = 1.0
+TARGET_DEFAULT_VS_OFFICIAL = 1.05
+TARGET_BEST_OPTION_VS_OFFICIAL = 1.3
+TARGET_WITH_CP_MEMORY = 0.6
+
+
+def _size_str(size: Size) -> str:
+    return f'{size[0]}x{size[1]}'
+
+
+def machine_description(settings: Settings) -> list[str]:
+    """Lines naming the processor, memory, threads and package versions."""
+    import importlib.metadata as metadata
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    mem_gib = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2 ** 30
+    lines = [f'- CPU: {cpu}, {os.cpu_count()} logical cores, {mem_gib:.0f} GiB RAM; '
+             f'{settings.threads} torch threads; CPU capability '
+             f'{torch.backends.cpu.get_cpu_capability()}']
+    if settings.device == 'cuda':
+        lines.append(f'- GPU: {torch.cuda.get_device_name()}')
+    versions = [f'Python {platform.python_version()}', f'torch {torch.__version__}']
+    for package in ('timm', 'mmengine', 'mmcv', 'mmdet', 'mmpretrain'):
+        try:
+            versions.append(f'{package} {metadata.version(package)}')
+        except metadata.PackageNotFoundError:
+            versions.append(f'{package} not installed')
+    lines.append('- ' + ', '.join(versions))
+    return lines
+
+
+def _speed(results: Results, arch: str, size: Size, mode: str, variant: str) -> SpeedRow | None:
+    for row in results.speed:
+        if (row.arch, row.size, row.mode, row.variant) == (arch, size, mode, variant):
+            return row
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f'{a / b:.2f}x' if a and b else 'n/a'
+
+
+def target_checks(results: Results) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for each of the issue's targets that this run measured."""
+    checks: list[tuple[str, str, bool | None]] = []
+    settings = results.settings
+    for other, target in (('timm', TARGET_DEFAULT_VS_TIMM),
+                          ('official', TARGET_DEFAULT_VS_OFFICIAL)):
+        ratios = []
+        for row in results.speed:
+            if row.variant == 'ours':
+                theirs = _speed(results, row.arch, row.size, row.mode, other)
+                if theirs:
+                    ratios.append((theirs.seconds / row.seconds, row))
+        if ratios:
+            worst, row = min(ratios, key=lambda r: r[0])
+            checks.append((f'default eager path >= {target:.2f}x {other}, every size and mode',
+                           f'min {worst:.2f}x ({row.arch} {_size_str(row.size)} {row.mode})',
+                           worst >= target))
+    for size in settings.option_sizes:
+        official = _speed(results, settings.option_arch, size, 'train', 'official')
+        ours = [row for row in results.speed if row.arch == settings.option_arch
+                and row.size == size and row.mode == 'train' and row.variant.startswith('ours')]
+        if official and ours:
+            best = min(ours, key=lambda r: r.seconds)
+            ratio = official.seconds / best.seconds
+            checks.append((f'best option >= {TARGET_BEST_OPTION_VS_OFFICIAL:.2f}x official, '
+                           f'training, {settings.option_arch} {_size_str(size)}',
+                           f'{ratio:.2f}x ({best.variant})',
+                           ratio >= TARGET_BEST_OPTION_VS_OFFICIAL))
+    for size in settings.memory_sizes:
+        mem = {row.variant: row.mib for row in results.memory if row.size == size}
+        if 'ours' in mem and 'ours+with_cp' in mem:
+            ratio = mem['ours+with_cp'] / mem['ours']
+            checks.append((f'with_cp peak training memory <= {TARGET_WITH_CP_MEMORY:.2f}x without, '
+                           f'{_size_str(size)}', f'{ratio:.2f}x',
+                           ratio <= TARGET_WITH_CP_MEMORY))
+    return checks
+
+
+def render_markdown(results: Results, command: str, note: str = '') -> str:
+    """The report: machine, command, targets, throughput, options, memory, detector."""
+    settings = results.settings
+    out = ['# Benchmarks', '',
+           'Written by `tools/benchmark.py`; numbers are medians of '
+           f'{settings.reps} timed repetitions after {settings.warmup} warm-up step(s), '
+           'one step of each variant in turn. Images/s counts images of the batch. '
+           'Ratios are speed-ups of this package (`ours`): time of the other / time of ours, '
+           'so > 1 means ours is faster.', '',
+           '- `ours`: `convnext_dense.ConvNeXt`, `out_indices=(0, 1, 2, 3)`, the default eager '
+           'path the configs run',
+           "- `timm`: `timm.create_model('convnext_*', features_only=True)`",
+           '- `official`: the official release\'s design on the same weights: its block '
+           '(plain `nn.Conv2d` depthwise conv, permute, MLP, layer scale, permute) and its '
+           'channels-first LayerNorm computing mean and variance by hand',
+           '- `mmpretrain`: `mmpretrain.models.ConvNeXt` where installed',
+           '- options of ours: `channels_last` (model and input), `with_cp` (activation '
+           'checkpointing), `compile` (`torch.compile`, default inductor), `amp` '
+           '(autocast, bf16 on CPU, fp16 on GPU)', '',
+           '## Machine', '', *machine_description(settings), '',
+           f'- Date: {time.strftime("%Y-%m-%d %H:%M %Z")}', '']
+    if note:
+        out += [f'- Note: {note}', '']
+    out += ['Command:', '', '```bash', command, '```', '']
+    if results.skipped:
+        out += ['Skipped: ' + '; '.join(results.skipped), '']
+
+    out += ['## Targets', '', '| target | measured | met |', '|---|---|---|']
+    for target, measured, met in target_checks(results):
+        out.append(f'| {target} | {measured} | {"yes" if met else "**no**"} |')
+    out += ['']
+
+    out += ['## Backbone throughput', '',
+            f'Machine matrix-multiply ceiling (fp32 2048x2048 `torch.mm`, same run): '
+            f'**{results.matmul_gflops:.0f} GFLOP/s**. Backbone GFLOP/s counts the FLOPs of the '
+            'step (2 per multiply-add; forward, plus backward for training) with torch\'s '
+            'FLOP counter.', '']
+    others = [impl for impl in settings.impls if impl != 'ours']
+    header = ['arch', 'input', 'batch', 'mode', 'ours img/s', 'ours GFLOP/s (% of matmul)']
+    header += [f'{impl} img/s (ours vs)' for impl in others]
+    out += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for arch in settings.archs:
+        for size in settings.sizes:
+            for mode in settings.modes:
+                ours = _speed(results, arch, size, mode, 'ours')
+                if ours is None:
+                    continue
+                share = 100 * ours.gflops_per_s / results.matmul_gflops
+                cells = [arch, _size_str(size), str(ours.batch), mode,
+                         f'{ours.images_per_s:.2f}', f'{ours.gflops_per_s:.0f} ({share:.0f} %)']
+                for impl in others:
+                    row = _speed(results, arch, size, mode, impl)
+                    cells.append(f'{row.images_per_s:.2f} ({_ratio(row.seconds, ours.seconds)})'
+                                 if row else 'n/a')
+                out.append('| ' + ' | '.join(cells) + ' |')
+    out += ['']
+
+    option_rows = [row for row in results.speed if '+' in row.variant]
+    if option_rows:
+        out += [f'## Options ({settings.option_arch})', '',
+                '| input | batch | mode | variant | img/s | vs ours | vs official |',
+                '|---|---|---|---|---|---|---|']
+        for size in settings.option_sizes:
+            for mode in settings.modes:
+                ours = _speed(results, settings.option_arch, size, mode, 'ours')
+                official = _speed(results, settings.option_arch, size, mode, 'official')
+                for row in results.speed:
+                    if (row.arch, row.size, row.mode) != (settings.option_arch, size, mode):
+                        continue
+                    if not row.variant.startswith('ours'):
+                        continue
+                    out.append(f'| {_size_str(size)} | {row.batch} | {mode} | {row.variant} | '
+                               f'{row.images_per_s:.2f} | '
+                               f'{_ratio(ours.seconds if ours else None, row.seconds)} | '
+                               f'{_ratio(official.seconds if official else None, row.seconds)} |')
+        out += ['']
+
+    if results.memory:
+        out += [f'## Peak memory of a training step ({settings.option_arch})', '',
+                'What the step (forward, backward, gradients) adds at its peak over the model '
+                'and input, each measured in a fresh process: '
+                + ('CUDA `max_memory_allocated`.' if settings.device == 'cuda' else
+                   'CPU resident set (`VmHWM` after resetting it, minus `VmRSS` before).'), '',
+                '| input | batch | variant | peak MiB | vs ours |', '|---|---|---|---|---|']
+        for size in settings.memory_sizes:
+            rows = [row for row in results.memory if row.size == size]
+            ours_mib = next((row.mib for row in rows if row.variant == 'ours'), None)
+            for row in rows:
+                out.append(f'| {_size_str(size)} | {row.batch} | {row.variant} | {row.mib:.0f} | '
+                           f'{_ratio(row.mib, ours_mib)} |')
+        out += ['']
+
+    if results.detector_images_per_s is not None:
+        out += ['## Whole detector', '',
+                f'`{settings.detector_config}` (Mask R-CNN, ConvNeXt-T, random weights), '
+                f'inference on one {_size_str(settings.detector_size)} image through the data '
+                f'preprocessor and `predict`: **{results.detector_images_per_s:.3f} images/s** '
+                f'(median of {settings.detector_reps}). The paper reports its FPS on an A100.', '']
+    return '\n'.join(out)
+
+
+if __name__ == '__main__':
+    _memory_probe_main(sys.argv[1:])

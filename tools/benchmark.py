@@ -1,0 +1,134 @@
+"""Speed and memory of the ConvNeXt backbone next to timm's and the official design.
+
+Writes a markdown report (machine, versions, this command, targets, tables).
+
+Example:
+    python tools/benchmark.py                      # full run -> docs/benchmarks.md
+    python tools/benchmark.py --quick              # T only, fewer repetitions
+    python tools/benchmark.py --archs atto --sizes 64 --reps 1 --no-memory --no-detector \\
+        --out /tmp/bench.md                        # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from convnext_dense.benchmark import (
+    ARCH_ALIASES,
+    IMPLS,
+    MODES,
+    OPTIONS,
+    Settings,
+    render_markdown,
+    run,
+)
+
+
+def _size(text: str) -> tuple[int, int]:
+    height, _, width = text.partition('x')
+    try:
+        return int(height), int(width or height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'size must be N or HxW, got {text!r}') from None
+
+
+def _names(allowed: tuple[str, ...]):
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name for name in text.split(',') if name)
+        bad = [name for name in names if name not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f'{bad} not among {", ".join(allowed)}')
+        return names
+    return parse
+
+
+def _archs(text: str) -> tuple[str, ...]:
+    return tuple(ARCH_ALIASES.get(name, name) for name in text.split(',') if name)
+
+
+def _sizes(text: str) -> tuple[tuple[int, int], ...]:
+    return tuple(_size(part) for part in text.split(',') if part)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--quick', action='store_true',
+                        help='T only, 3 repetitions, memory at 800x1216 only')
+    parser.add_argument('--archs', type=_archs, help='comma-separated, T/S/B or names '
+                        '(default tiny,small,base)')
+    parser.add_argument('--sizes', type=_sizes, help='comma-separated N or HxW '
+                        '(default 224,512,800x1216)')
+    parser.add_argument('--batches', type=int, nargs='+',
+                        help='batch size per --sizes entry (default 8, 2, 1 for the defaults)')
+    parser.add_argument('--impls', type=_names(IMPLS), help=f'default {",".join(IMPLS)}')
+    parser.add_argument('--modes', type=_names(MODES), help=f'default {",".join(MODES)}')
+    parser.add_argument('--options', type=_names(OPTIONS), help=f'options of ours to measure '
+                        f'(default {",".join(OPTIONS)}); "" for none')
+    parser.add_argument('--option-sizes', type=_sizes,
+                        help='sizes at which options are measured (default 224,512)')
+    parser.add_argument('--memory-sizes', type=_sizes,
+                        help='sizes of the peak-memory measurements (default 224,800x1216)')
+    parser.add_argument('--no-memory', action='store_true', help='skip peak memory')
+    parser.add_argument('--no-detector', action='store_true', help='skip the whole detector')
+    parser.add_argument('--detector-size', type=_size,
+                        help='detector input HxW (default 800x1333)')
+    parser.add_argument('--warmup', type=int, help='untimed steps per variant (default 1)')
+    parser.add_argument('--reps', type=int, help='timed repetitions (default 5; --quick 3)')
+    parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s)')
+    parser.add_argument('--device', choices=('cpu', 'cuda'), help='default cuda if available')
+    parser.add_argument('--note', default='', help='a line added under the machine description')
+    parser.add_argument('--out', type=Path, default=Path('docs/benchmarks.md'),
+                        help='markdown output (default docs/benchmarks.md)')
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings: the defaults, then --quick, then explicit arguments."""
+    settings = Settings()
+    if args.quick:
+        settings.archs = ('tiny',)
+        settings.reps = 3
+        settings.memory_sizes = ((800, 1216),)
+    for name in ('archs', 'impls', 'modes', 'options', 'option_sizes', 'memory_sizes', 'warmup',
+                 'reps', 'threads', 'device'):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(settings, name, value)
+    if args.sizes is not None:
+        settings.sizes = args.sizes
+        if args.option_sizes is None:
+            settings.option_sizes = tuple(s for s in settings.option_sizes if s in args.sizes)
+        if args.memory_sizes is None:
+            settings.memory_sizes = tuple(s for s in settings.memory_sizes if s in args.sizes)
+    if args.batches is not None:
+        if len(args.batches) != len(settings.sizes):
+            raise SystemExit(f'--batches needs one value per size ({len(settings.sizes)})')
+        settings.batches = dict(zip(settings.sizes, args.batches))
+    if args.option_sizes and settings.option_arch not in settings.archs:
+        settings.option_arch = settings.archs[0]
+    if args.no_memory:
+        settings.memory_sizes = ()
+    if args.detector_size is not None:
+        settings.detector_size = args.detector_size
+    if args.no_detector:
+        settings.detector_config = None
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = settings_from_args(args)
+    if settings.option_arch not in settings.archs:
+        settings.option_arch = settings.archs[0]
+    results = run(settings)
+    command = 'python tools/benchmark.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render_markdown(results, command.strip(), args.note) + '\n')
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
