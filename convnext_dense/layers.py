@@ -37,7 +37,7 @@ class _DepthwiseConv2dFunction(torch.autograd.Function):
     oneDNN's depthwise backward-weights kernel is 3-40x slower than the forward
     on CPU (worst on small maps such as the 7x7 of stage 3). Here the input
     gradient is a forward convolution with the flipped kernel and the weight
-    gradient is, per sample, a depthwise convolution of the padded input with
+    gradient is, per sample, a depthwise convolution of the (zero-padded) input with
     the output gradient as kernel: both run on oneDNN's fast forward path.
     """
 
@@ -59,12 +59,12 @@ class _DepthwiseConv2dFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = F.conv2d(grad, weight.flip(2, 3), None, 1, pad, 1, channels).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            padded = F.pad(x, (pad, pad, pad, pad)).contiguous()
-            grad_nchw = grad.contiguous()
+            # oneDNN is fastest on NCHW here; the output is (1, C, k, k) per sample
+            x_nchw, grad_nchw = x.contiguous(), grad.contiguous()
             grad_weight = torch.zeros_like(weight)
             for n in range(x.shape[0]):
-                grad_weight += F.conv2d(padded[n:n + 1], grad_nchw[n].unsqueeze(1),
-                                        groups=channels).view_as(weight)
+                grad_weight += F.conv2d(x_nchw[n:n + 1], grad_nchw[n].unsqueeze(1),
+                                        padding=pad, groups=channels).view_as(weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 2, 3), dtype=weight.dtype)
         return grad_x, grad_weight, grad_bias, None
