@@ -202,13 +202,24 @@ def _sync(device: torch.device) -> None:
 
 
 def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, reps: int,
-                     device: torch.device) -> dict[str, list[float]]:
-    """Seconds per step of each callable: ``warmup`` untimed calls each, then ``reps`` rounds
-    of one call each in turn."""
+                     device: torch.device, budget_s: float | None = None,
+                     min_reps: int = 3) -> dict[str, list[float]]:
+    """Seconds per step of each callable: ``warmup`` untimed calls each, then rounds of one
+    call each in turn.
+
+    ``reps`` rounds, or with ``budget_s`` as many as fit in that time by the last warm-up
+    round's duration, at least ``min_reps`` and at most ``reps``.
+    """
+    round_s = 0.0
     for step in steps.values():
-        for _ in range(warmup):
+        for i in range(warmup):
+            start = time.perf_counter()
             step()
-        _sync(device)
+            _sync(device)
+            if i == warmup - 1:
+                round_s += time.perf_counter() - start
+    if budget_s is not None and round_s > 0:
+        reps = max(min(min_reps, reps), min(reps, int(budget_s / round_s)))
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(reps):
         for name, step in steps.items():
@@ -240,6 +251,31 @@ def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
     times = time_interleaved({'mm': lambda: torch.mm(a, b)}, warmup=2, reps=reps,
                              device=device)['mm']
     return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+#: Profiler op names (prefixes) by category, for where a step's time goes.
+PROFILE_CATEGORIES = (
+    ('matrix multiply', ('aten::mm', 'aten::addmm', 'aten::bmm', 'mkldnn::_linear_pointwise')),
+    ('convolution', ('aten::mkldnn_convolution', 'aten::convolution_backward',
+                     'aten::_convolution', 'aten::thnn_conv', 'aten::_slow_conv')),
+    ('GELU', ('aten::gelu',)),
+    ('LayerNorm (fused)', ('aten::native_layer_norm',)),
+    ('copies', ('aten::copy_', 'aten::contiguous', 'aten::clone')),
+)
+
+
+def profile_step(step: Callable[[], None]) -> dict[str, float]:
+    """Self CPU time (ms) of one step by category of :data:`PROFILE_CATEGORIES`, and 'other'."""
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    times = {name: 0.0 for name, _ in PROFILE_CATEGORIES} | {'other': 0.0}
+    for event in prof.key_averages():
+        category = next((name for name, prefixes in PROFILE_CATEGORIES
+                         if event.key.startswith(prefixes)), 'other')
+        times[category] += event.self_cpu_time_total / 1e3
+    return times
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,13 +324,21 @@ def peak_memory_in_this_process(variant: Variant, arch: str, batch: int, size: t
     return (_proc_status_kib('VmHWM') - before) / 1024
 
 
+#: glibc malloc settings under which freed blocks of 128 KiB and more go back to the system at
+#: once, so the resident set follows the live tensors. By default glibc raises its mmap
+#: threshold after large frees (up to 32 MiB) and then serves such blocks from its heap, which
+#: stays resident: the default RSS peak includes memory that is free but kept.
+MALLOC_RETURNS_FREED = {'MALLOC_MMAP_THRESHOLD_': str(128 * 1024)}
+
+
 def peak_memory(variant: Variant, arch: str, batch: int, size: tuple[int, int], mode: str,
-                device: torch.device, threads: int) -> float:
-    """:func:`peak_memory_in_this_process` in a fresh Python process."""
+                device: torch.device, threads: int, env: dict[str, str] | None = None) -> float:
+    """:func:`peak_memory_in_this_process` in a fresh Python process (``env`` added)."""
     spec = dict(variant=asdict(variant), arch=arch, batch=batch, size=list(size), mode=mode,
                 device=str(device), threads=threads)
     result = subprocess.run([sys.executable, '-m', 'convnext_dense.benchmark', json.dumps(spec)],
-                            capture_output=True, text=True, check=False)
+                            capture_output=True, text=True, check=False,
+                            env={**os.environ, **(env or {})})
     if result.returncode != 0:
         raise RuntimeError(f'memory probe for {spec} failed:\n{result.stderr[-2000:]}')
     return float(result.stdout.strip().splitlines()[-1])
@@ -315,6 +359,11 @@ def _memory_probe_main(argv: Sequence[str]) -> None:
 Size = tuple[int, int]
 
 
+def _size_str(size: Size) -> str:
+    return f'{size[0]}x{size[1]}'
+
+
+
 @dataclass
 class Settings:
     """What one run measures. The defaults are the full run written to docs/benchmarks.md."""
@@ -322,15 +371,25 @@ class Settings:
     archs: tuple[str, ...] = ('tiny', 'small', 'base')
     sizes: tuple[Size, ...] = ((224, 224), (512, 512), (800, 1216))
     batches: dict[Size, int] = field(default_factory=lambda: {
-        (224, 224): 8, (512, 512): 2, (800, 1216): 1})
+        (224, 224): 4, (512, 512): 1, (800, 1216): 1})
+    #: sizes of archs that should not run all of ``sizes`` (time budget of the full run)
+    arch_sizes: dict[str, tuple[Size, ...]] = field(default_factory=lambda: {
+        'small': ((224, 224), (512, 512)), 'base': ((224, 224), (512, 512))})
     impls: tuple[str, ...] = ('ours', 'timm', 'official', 'mmpretrain')
     modes: tuple[str, ...] = MODES
     options: tuple[str, ...] = OPTIONS
     option_arch: str = 'tiny'
     option_sizes: tuple[Size, ...] = ((224, 224), (512, 512))
-    memory_sizes: tuple[Size, ...] = ((224, 224), (800, 1216))
+    #: sizes at which ``compile`` is measured (each shape compiles anew, minutes on a CPU)
+    compile_sizes: tuple[Size, ...] = ((224, 224),)
+    memory_sizes: tuple[Size, ...] = ((800, 1216),)
+    profile: bool = True
     warmup: int = 1
-    reps: int = 5
+    #: timed rounds per setting: as many as fit in ``budget_s`` (by the warm-up round),
+    #: within ``min_reps``..``reps``
+    reps: int = 7
+    min_reps: int = 3
+    budget_s: float | None = 20.0
     detector_config: str | None = 'configs/mask_rcnn_convnext_t_coco.py'
     detector_size: Size = (800, 1333)
     detector_reps: int = 3
@@ -340,6 +399,10 @@ class Settings:
     def batch(self, size: Size) -> int:
         """Batch size for an input size (1 where none is set)."""
         return self.batches.get(size, 1)
+
+    def sizes_of(self, arch: str) -> tuple[Size, ...]:
+        """The input sizes measured for ``arch``."""
+        return tuple(s for s in self.arch_sizes.get(arch, self.sizes) if s in self.sizes)
 
 
 @dataclass
@@ -353,6 +416,7 @@ class SpeedRow:
     variant: str
     seconds: float
     flops: int
+    reps: int
 
     @property
     def images_per_s(self) -> float:
@@ -372,6 +436,8 @@ class MemoryRow:
     batch: int
     variant: str
     mib: float
+    #: the same with :data:`MALLOC_RETURNS_FREED` (CPU only)
+    mib_freed_returned: float | None = None
 
 
 @dataclass
@@ -383,6 +449,8 @@ class Results:
     speed: list[SpeedRow] = field(default_factory=list)
     memory: list[MemoryRow] = field(default_factory=list)
     detector_images_per_s: float | None = None
+    #: ``{(variant, mode): {category: ms}}`` of one profiled step
+    profiles: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
 
@@ -392,6 +460,8 @@ def _variants(settings: Settings, arch: str, size: Size, mode: str) -> list[Vari
         for option in settings.options:
             if option == 'with_cp' and mode == 'infer':
                 continue  # checkpointing does nothing without gradients
+            if option == 'compile' and size not in settings.compile_sizes:
+                continue
             variants.append(Variant('ours', (option,)))
     return variants
 
@@ -404,7 +474,7 @@ def run_speed(settings: Settings, results: Results) -> None:
     """Time every variant in every (arch, size, mode), interleaved within each setting."""
     device = torch.device(settings.device)
     for arch in settings.archs:
-        for size in settings.sizes:
+        for size in settings.sizes_of(arch):
             batch = settings.batch(size)
             for mode in settings.modes:
                 steps = {}
@@ -415,10 +485,11 @@ def run_speed(settings: Settings, results: Results) -> None:
                                                     make_input(batch, size, variant, device), mode)
                 flops = count_flops(arch, batch, size, mode)
                 _log(f'{arch} {size[0]}x{size[1]} x{batch} {mode}: {", ".join(steps)}')
-                times = time_interleaved(steps, settings.warmup, settings.reps, device)
+                times = time_interleaved(steps, settings.warmup, settings.reps, device,
+                                         settings.budget_s, settings.min_reps)
                 for name, seconds in times.items():
                     results.speed.append(SpeedRow(arch, size, batch, mode, name,
-                                                  statistics.median(seconds), flops))
+                                                  statistics.median(seconds), flops, len(seconds)))
                 del steps
                 gc.collect()
 
@@ -435,7 +506,24 @@ def run_memory(settings: Settings, results: Results) -> None:
         for variant in variants:
             _log(f'memory {arch} {size[0]}x{size[1]} x{batch} {variant.name}')
             mib = peak_memory(variant, arch, batch, size, 'train', device, settings.threads)
-            results.memory.append(MemoryRow(arch, size, batch, variant.name, mib))
+            returned = None if device.type == 'cuda' else peak_memory(
+                variant, arch, batch, size, 'train', device, settings.threads,
+                MALLOC_RETURNS_FREED)
+            results.memory.append(MemoryRow(arch, size, batch, variant.name, mib, returned))
+
+
+def run_profiles(settings: Settings, results: Results) -> None:
+    """Where the time of a step goes, for each implementation (option arch, first option size)."""
+    device = torch.device(settings.device)
+    size = (settings.option_sizes or settings.sizes)[0]
+    batch = settings.batch(size)
+    for mode in settings.modes:
+        for impl in settings.impls:
+            variant = Variant(impl)
+            _log(f'profile {settings.option_arch} {_size_str(size)} x{batch} {mode} {impl}')
+            model = build_backbone(variant, settings.option_arch).to(device)
+            step = make_step(variant, model, make_input(batch, size, variant, device), mode)
+            results.profiles[(impl, mode)] = profile_step(step)
 
 
 def detector_images_per_s(config: str, size: Size, reps: int, device: torch.device) -> float:
@@ -474,6 +562,8 @@ def run(settings: Settings) -> Results:
     results.matmul_gflops = matmul_gflops(device)
     _log(f'matmul: {results.matmul_gflops:.1f} GFLOP/s')
     run_speed(settings, results)
+    if settings.profile and device.type == 'cpu':
+        run_profiles(settings, results)
     if settings.memory_sizes:
         run_memory(settings, results)
     if settings.detector_config:
@@ -492,10 +582,6 @@ TARGET_DEFAULT_VS_TIMM = 1.0
 TARGET_DEFAULT_VS_OFFICIAL = 1.05
 TARGET_BEST_OPTION_VS_OFFICIAL = 1.3
 TARGET_WITH_CP_MEMORY = 0.6
-
-
-def _size_str(size: Size) -> str:
-    return f'{size[0]}x{size[1]}'
 
 
 def machine_description(settings: Settings) -> list[str]:
@@ -555,19 +641,30 @@ def target_checks(results: Results) -> list[tuple[str, str, bool | None]]:
         official = _speed(results, settings.option_arch, size, 'train', 'official')
         ours = [row for row in results.speed if row.arch == settings.option_arch
                 and row.size == size and row.mode == 'train' and row.variant.startswith('ours')]
-        if official and ours:
-            best = min(ours, key=lambda r: r.seconds)
+        fp32 = [row for row in ours if 'amp' not in row.variant]
+        if official and fp32:
+            best = min(fp32, key=lambda r: r.seconds)
             ratio = official.seconds / best.seconds
-            checks.append((f'best option >= {TARGET_BEST_OPTION_VS_OFFICIAL:.2f}x official, '
+            checks.append((f'best fp32 option >= {TARGET_BEST_OPTION_VS_OFFICIAL:.2f}x official, '
                            f'training, {settings.option_arch} {_size_str(size)}',
                            f'{ratio:.2f}x ({best.variant})',
                            ratio >= TARGET_BEST_OPTION_VS_OFFICIAL))
+        amp = next((row for row in ours if 'amp' in row.variant), None)
+        if official and amp:
+            checks.append((f'(for reference, not fp32) amp training vs official, '
+                           f'{settings.option_arch} {_size_str(size)}',
+                           f'{official.seconds / amp.seconds:.2f}x', None))
     for size in settings.memory_sizes:
-        mem = {row.variant: row.mib for row in results.memory if row.size == size}
-        if 'ours' in mem and 'ours+with_cp' in mem:
-            ratio = mem['ours+with_cp'] / mem['ours']
+        rows = {row.variant: row for row in results.memory if row.size == size}
+        if 'ours' not in rows or 'ours+with_cp' not in rows:
+            continue
+        measures = [('default malloc', 'mib')]
+        if rows['ours'].mib_freed_returned is not None:
+            measures.append(('freed memory returned', 'mib_freed_returned'))
+        for label, attr in measures:
+            ratio = getattr(rows['ours+with_cp'], attr) / getattr(rows['ours'], attr)
             checks.append((f'with_cp peak training memory <= {TARGET_WITH_CP_MEMORY:.2f}x without, '
-                           f'{_size_str(size)}', f'{ratio:.2f}x',
+                           f'{_size_str(size)}, {label}', f'{ratio:.2f}x',
                            ratio <= TARGET_WITH_CP_MEMORY))
     return checks
 
@@ -576,9 +673,11 @@ def render_markdown(results: Results, command: str, note: str = '') -> str:
     """The report: machine, command, targets, throughput, options, memory, detector."""
     settings = results.settings
     out = ['# Benchmarks', '',
-           'Written by `tools/benchmark.py`; numbers are medians of '
-           f'{settings.reps} timed repetitions after {settings.warmup} warm-up step(s), '
-           'one step of each variant in turn. Images/s counts images of the batch. '
+           'Written by `tools/benchmark.py`; numbers are medians of the timed repetitions '
+           f'(column `reps`: as many as fit in {settings.budget_s or 0:.0f} s per setting, '
+           f'{min(settings.min_reps, settings.reps)} to {settings.reps}) after '
+           f'{settings.warmup} warm-up step(s), one step of each variant in turn, so load '
+           'changes on the machine hit all variants alike. Images/s counts images of the batch. '
            'Ratios are speed-ups of this package (`ours`): time of the other / time of ours, '
            'so > 1 means ours is faster.', '',
            '- `ours`: `convnext_dense.ConvNeXt`, `out_indices=(0, 1, 2, 3)`, the default eager '
@@ -601,7 +700,8 @@ def render_markdown(results: Results, command: str, note: str = '') -> str:
 
     out += ['## Targets', '', '| target | measured | met |', '|---|---|---|']
     for target, measured, met in target_checks(results):
-        out.append(f'| {target} | {measured} | {"yes" if met else "**no**"} |')
+        verdict = 'n/a' if met is None else 'yes' if met else '**no**'
+        out.append(f'| {target} | {measured} | {verdict} |')
     out += ['']
 
     out += ['## Backbone throughput', '',
@@ -610,17 +710,18 @@ def render_markdown(results: Results, command: str, note: str = '') -> str:
             'step (2 per multiply-add; forward, plus backward for training) with torch\'s '
             'FLOP counter.', '']
     others = [impl for impl in settings.impls if impl != 'ours']
-    header = ['arch', 'input', 'batch', 'mode', 'ours img/s', 'ours GFLOP/s (% of matmul)']
+    header = ['arch', 'input', 'batch', 'mode', 'reps', 'ours img/s',
+              'ours GFLOP/s (% of matmul)']
     header += [f'{impl} img/s (ours vs)' for impl in others]
     out += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for arch in settings.archs:
-        for size in settings.sizes:
+        for size in settings.sizes_of(arch):
             for mode in settings.modes:
                 ours = _speed(results, arch, size, mode, 'ours')
                 if ours is None:
                     continue
                 share = 100 * ours.gflops_per_s / results.matmul_gflops
-                cells = [arch, _size_str(size), str(ours.batch), mode,
+                cells = [arch, _size_str(size), str(ours.batch), mode, str(ours.reps),
                          f'{ours.images_per_s:.2f}', f'{ours.gflops_per_s:.0f} ({share:.0f} %)']
                 for impl in others:
                     row = _speed(results, arch, size, mode, impl)
@@ -649,19 +750,51 @@ def render_markdown(results: Results, command: str, note: str = '') -> str:
                                f'{_ratio(official.seconds if official else None, row.seconds)} |')
         out += ['']
 
+    if results.profiles:
+        size = (settings.option_sizes or settings.sizes)[0]
+        keys = list(results.profiles)
+        out += [f'## Where the time goes ({settings.option_arch}, {_size_str(size)}, batch '
+                f'{settings.batch(size)})', '',
+                'Self CPU time of one profiled step (`torch.profiler`), ms (share).', '',
+                '| category | ' + ' | '.join(f'{impl} {mode}' for impl, mode in keys) + ' |',
+                '|---|' + '---|' * len(keys)]
+        categories = [name for name, _ in PROFILE_CATEGORIES] + ['other', 'total']
+        for category in categories:
+            cells = []
+            for key in keys:
+                times = results.profiles[key]
+                total = sum(times.values())
+                ms = total if category == 'total' else times[category]
+                cells.append(f'{ms:.0f} ({100 * ms / total:.0f} %)')
+            out.append(f'| {category} | ' + ' | '.join(cells) + ' |')
+        out += ['']
+
     if results.memory:
+        cpu = settings.device != 'cuda'
         out += [f'## Peak memory of a training step ({settings.option_arch})', '',
                 'What the step (forward, backward, gradients) adds at its peak over the model '
                 'and input, each measured in a fresh process: '
-                + ('CUDA `max_memory_allocated`.' if settings.device == 'cuda' else
-                   'CPU resident set (`VmHWM` after resetting it, minus `VmRSS` before).'), '',
-                '| input | batch | variant | peak MiB | vs ours |', '|---|---|---|---|---|']
+                + ('CPU resident set (`VmHWM` after resetting it, minus `VmRSS` before), with '
+                   "glibc's default malloc and with `MALLOC_MMAP_THRESHOLD_=131072` (freed "
+                   'blocks of 128 KiB or more go back to the system at once, so the resident '
+                   "set follows the live tensors; by default glibc raises that threshold after "
+                   'large frees, up to 32 MiB, and keeps such freed blocks resident in its heap).'
+                   if cpu else 'CUDA `max_memory_allocated`.'), '']
+        header = ['input', 'batch', 'variant', 'peak MiB', 'vs ours']
+        if cpu:
+            header += ['peak MiB, freed returned', 'vs ours']
+        out += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
         for size in settings.memory_sizes:
             rows = [row for row in results.memory if row.size == size]
-            ours_mib = next((row.mib for row in rows if row.variant == 'ours'), None)
+            ours = next((row for row in rows if row.variant == 'ours'), None)
             for row in rows:
-                out.append(f'| {_size_str(size)} | {row.batch} | {row.variant} | {row.mib:.0f} | '
-                           f'{_ratio(row.mib, ours_mib)} |')
+                cells = [_size_str(size), str(row.batch), row.variant, f'{row.mib:.0f}',
+                         _ratio(row.mib, ours.mib if ours else None)]
+                if cpu and row.mib_freed_returned is not None:
+                    cells += [f'{row.mib_freed_returned:.0f}',
+                              _ratio(row.mib_freed_returned,
+                                     ours.mib_freed_returned if ours else None)]
+                out.append('| ' + ' | '.join(cells) + ' |')
         out += ['']
 
     if results.detector_images_per_s is not None:

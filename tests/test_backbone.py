@@ -154,6 +154,28 @@ def test_memory_formats_and_inference_path_give_the_same_results():
         assert relative_error(b, a) < 1e-5
 
 
+@pytest.mark.slow
+def test_torch_compile_gives_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    model = randomize_(ConvNeXt(arch='atto', layer_scale_init_value=1.0))
+    compiled = torch.compile(model)
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for runner in (model, compiled):
+        model.zero_grad()
+        outs = runner(x)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        grads.append((outs, [p.grad.clone() for p in model.parameters()]))
+    for a, b in zip(grads[0][0], grads[1][0]):
+        assert relative_error(b, a) < 1e-5
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert relative_error(b, a) < 1e-4
+    model.eval()
+    with torch.no_grad():
+        for a, b in zip(model(x), compiled(x)):
+            assert relative_error(b, a) < 1e-5
+
+
 def test_drop_path_active_in_train_and_off_in_eval():
     model = ConvNeXt(arch='atto', drop_path_rate=0.5, layer_scale_init_value=1.0)
     reference = ConvNeXt(arch='atto', drop_path_rate=0.0, layer_scale_init_value=1.0)

@@ -59,6 +59,6 @@ def test_benchmark_tool_writes_the_report(tmp_path):
     text = out.read_text()
     for expected in ('# Benchmarks', '## Machine', 'python tools/benchmark.py --archs atto',
                      '## Targets', '| atto | 64x64 | 2 | infer |', 'ours+channels_last',
-                     'ours+with_cp', 'ours+amp', '## Peak memory', '## Whole detector',
-                     'images/s'):
+                     'ours+with_cp', 'ours+amp', '## Where the time goes', '## Peak memory',
+                     '## Whole detector', 'images/s'):
         assert expected in text, expected

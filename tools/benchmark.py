@@ -55,13 +55,13 @@ def _sizes(text: str) -> tuple[tuple[int, int], ...]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--quick', action='store_true',
-                        help='T only, 3 repetitions, memory at 800x1216 only')
+                        help='T only, 10 s of repetitions per setting')
     parser.add_argument('--archs', type=_archs, help='comma-separated, T/S/B or names '
                         '(default tiny,small,base)')
-    parser.add_argument('--sizes', type=_sizes, help='comma-separated N or HxW '
-                        '(default 224,512,800x1216)')
+    parser.add_argument('--sizes', type=_sizes, help='comma-separated N or HxW, for every arch '
+                        '(default 224,512,800x1216; S and B at 224,512 only)')
     parser.add_argument('--batches', type=int, nargs='+',
-                        help='batch size per --sizes entry (default 8, 2, 1 for the defaults)')
+                        help='batch size per --sizes entry (default 4, 1, 1 for the defaults)')
     parser.add_argument('--impls', type=_names(IMPLS), help=f'default {",".join(IMPLS)}')
     parser.add_argument('--modes', type=_names(MODES), help=f'default {",".join(MODES)}')
     parser.add_argument('--options', type=_names(OPTIONS), help=f'options of ours to measure '
@@ -69,13 +69,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--option-sizes', type=_sizes,
                         help='sizes at which options are measured (default 224,512)')
     parser.add_argument('--memory-sizes', type=_sizes,
-                        help='sizes of the peak-memory measurements (default 224,800x1216)')
+                        help='sizes of the peak-memory measurements (default 800x1216)')
     parser.add_argument('--no-memory', action='store_true', help='skip peak memory')
     parser.add_argument('--no-detector', action='store_true', help='skip the whole detector')
+    parser.add_argument('--no-profile', action='store_true',
+                        help='skip the torch.profiler breakdown of a step')
     parser.add_argument('--detector-size', type=_size,
                         help='detector input HxW (default 800x1333)')
     parser.add_argument('--warmup', type=int, help='untimed steps per variant (default 1)')
-    parser.add_argument('--reps', type=int, help='timed repetitions (default 5; --quick 3)')
+    parser.add_argument('--reps', type=int, help='most timed repetitions per setting (default 7)')
+    parser.add_argument('--budget', type=float,
+                        help='seconds of timed repetitions per setting, at least 3 of them '
+                             '(default 20; --quick 10); 0: always --reps')
     parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s)')
     parser.add_argument('--device', choices=('cpu', 'cuda'), help='default cuda if available')
     parser.add_argument('--note', default='', help='a line added under the machine description')
@@ -89,8 +94,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     settings = Settings()
     if args.quick:
         settings.archs = ('tiny',)
-        settings.reps = 3
-        settings.memory_sizes = ((800, 1216),)
+        settings.budget_s = 10.0
+    if args.budget is not None:
+        settings.budget_s = args.budget or None
     for name in ('archs', 'impls', 'modes', 'options', 'option_sizes', 'memory_sizes', 'warmup',
                  'reps', 'threads', 'device'):
         value = getattr(args, name)
@@ -98,20 +104,25 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             setattr(settings, name, value)
     if args.sizes is not None:
         settings.sizes = args.sizes
+        settings.arch_sizes = {}  # every arch at every given size
         if args.option_sizes is None:
             settings.option_sizes = tuple(s for s in settings.option_sizes if s in args.sizes)
         if args.memory_sizes is None:
             settings.memory_sizes = tuple(s for s in settings.memory_sizes if s in args.sizes)
+    settings.compile_sizes = (tuple(s for s in settings.compile_sizes
+                                    if s in settings.option_sizes) or settings.option_sizes[:1])
     if args.batches is not None:
         if len(args.batches) != len(settings.sizes):
             raise SystemExit(f'--batches needs one value per size ({len(settings.sizes)})')
         settings.batches = dict(zip(settings.sizes, args.batches))
-    if args.option_sizes and settings.option_arch not in settings.archs:
+    if settings.option_arch not in settings.archs:
         settings.option_arch = settings.archs[0]
     if args.no_memory:
         settings.memory_sizes = ()
     if args.detector_size is not None:
         settings.detector_size = args.detector_size
+    if args.no_profile:
+        settings.profile = False
     if args.no_detector:
         settings.detector_config = None
     return settings
@@ -120,8 +131,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_from_args(args)
-    if settings.option_arch not in settings.archs:
-        settings.option_arch = settings.archs[0]
     results = run(settings)
     command = 'python tools/benchmark.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
