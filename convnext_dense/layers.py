@@ -109,10 +109,12 @@ _LINEAR_POINTWISE = _find_linear_pointwise()
 
 def _fused_inference(x: torch.Tensor) -> bool:
     """Whether the block's MLP can run as fused oneDNN kernels: CPU, fp32, no autograd,
-    eager (under ``torch.compile`` inductor fuses by itself)."""
+    eager. Not under ``torch.compile``/``torch.export`` (inductor fuses by itself) nor under
+    ``torch.jit`` tracing (FLOP counters, ONNX export), which should see plain linears."""
     return (_LINEAR_POINTWISE is not None and not torch.is_grad_enabled()
             and x.device.type == 'cpu' and x.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling())
+            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing())
 
 
 class GlobalResponseNorm(nn.Module):

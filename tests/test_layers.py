@@ -84,3 +84,11 @@ def test_block_paths_equal_the_official_forward(size, layer_scale, memory_format
     assert relative_error(xg.grad, xr.grad) < 1e-5
     for grad, param in zip(grads, block.parameters()):
         assert relative_error(grad, param.grad) < 1e-5
+
+
+def test_tracing_sees_plain_linears():
+    """FLOP counters and ONNX export trace the block: no fused oneDNN ops in the graph."""
+    block = ConvNeXtBlock(8, layer_scale_init_value=1.0).eval()
+    with torch.no_grad():
+        graph = str(torch.jit.trace(block, torch.randn(1, 8, 16, 16)).inlined_graph)
+    assert 'aten::linear' in graph and '_linear_pointwise' not in graph
