@@ -681,7 +681,9 @@ def render_markdown(results: Results, command: str, note: str = '') -> str:
            'Ratios are speed-ups of this package (`ours`): time of the other / time of ours, '
            'so > 1 means ours is faster.', '',
            '- `ours`: `convnext_dense.ConvNeXt`, `out_indices=(0, 1, 2, 3)`, the default eager '
-           'path the configs run',
+           'path the configs run (channels-last inside; the depthwise convolution\'s CPU '
+           'backward on oneDNN\'s forward kernels; fp32 CPU inference MLP as fused oneDNN '
+           'linear + GELU and linear + residual kernels)',
            "- `timm`: `timm.create_model('convnext_*', features_only=True)`",
            '- `official`: the official release\'s design on the same weights: its block '
            '(plain `nn.Conv2d` depthwise conv, permute, MLP, layer scale, permute) and its '
