@@ -389,7 +389,7 @@ class Settings:
     #: within ``min_reps``..``reps``
     reps: int = 7
     min_reps: int = 3
-    budget_s: float | None = 20.0
+    budget_s: float | None = 15.0
     detector_config: str | None = 'configs/mask_rcnn_convnext_t_coco.py'
     detector_size: Size = (800, 1333)
     detector_reps: int = 3
@@ -452,6 +452,7 @@ class Results:
     #: ``{(variant, mode): {category: ms}}`` of one profiled step
     profiles: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
 
 
 def _variants(settings: Settings, arch: str, size: Size, mode: str) -> list[Variant]:
@@ -552,6 +553,7 @@ def detector_images_per_s(config: str, size: Size, reps: int, device: torch.devi
 
 def run(settings: Settings) -> Results:
     """Measure everything ``settings`` asks for."""
+    start = time.perf_counter()
     torch.set_num_threads(settings.threads)
     device = torch.device(settings.device)
     if 'mmpretrain' in settings.impls and not mmpretrain_available():
@@ -570,6 +572,7 @@ def run(settings: Settings) -> Results:
         _log(f'detector {settings.detector_config}')
         results.detector_images_per_s = detector_images_per_s(
             settings.detector_config, settings.detector_size, settings.detector_reps, device)
+    results.wall_s = time.perf_counter() - start
     return results
 
 
@@ -693,7 +696,8 @@ def render_markdown(results: Results, command: str, note: str = '') -> str:
            'checkpointing), `compile` (`torch.compile`, default inductor), `amp` '
            '(autocast, bf16 on CPU, fp16 on GPU)', '',
            '## Machine', '', *machine_description(settings), '',
-           f'- Date: {time.strftime("%Y-%m-%d %H:%M %Z")}', '']
+           f'- Date: {time.strftime("%Y-%m-%d %H:%M %Z")}; the run took '
+           f'{results.wall_s / 60:.1f} min', '']
     if note:
         out += [f'- Note: {note}', '']
     out += ['Command:', '', '```bash', command, '```', '']

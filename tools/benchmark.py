@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--reps', type=int, help='most timed repetitions per setting (default 7)')
     parser.add_argument('--budget', type=float,
                         help='seconds of timed repetitions per setting, at least 3 of them '
-                             '(default 20; --quick 10); 0: always --reps')
+                             '(default 15; --quick 10); 0: always --reps')
     parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s)')
     parser.add_argument('--device', choices=('cpu', 'cuda'), help='default cuda if available')
     parser.add_argument('--note', default='', help='a line added under the machine description')
