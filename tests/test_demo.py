@@ -17,7 +17,7 @@ from convnext_dense.demo import (
     plot_curves,
     prepare_demo_cfg,
     read_scalars,
-    run_demo,
+    train_and_report,
 )
 from convnext_dense.demo_data import DEMO_CLASSES, ade20k_metainfo, make_coco_dataset
 from convnext_dense.runner import build_runner
@@ -208,26 +208,16 @@ SMALL_DATA = {'demo_dataset.num_train': 160, 'demo_dataset.num_val': 8}
 
 
 @pytest.mark.slow
-def test_short_detection_demo_beats_the_untrained_model(tmp_path):
-    options = dict(SMALL_DATA)
-    cfg = prepare_demo_cfg('det', tmp_path / 'work', quick=True, data_root=tmp_path / 'coco',
-                           cfg_options=options)
+@pytest.mark.parametrize('task, metric, margin, finite', [
+    ('det', 'coco/bbox_mAP_50', 0.2, ()),
+    ('seg', 'mIoU', 20, ('aAcc',)),
+])
+def test_short_demo_beats_the_untrained_model(tmp_path, task, metric, margin, finite):
+    cfg = prepare_demo_cfg(task, tmp_path / 'work', quick=True, data_root=tmp_path / 'data',
+                           cfg_options=dict(SMALL_DATA))
     before = untrained_metrics(cfg)
-    result = run_demo('det', tmp_path / 'work', quick=True, data_root=tmp_path / 'coco',
-                      cfg_options=options)
+    result = train_and_report(task, cfg)
     check_outputs(result, 8)
-    assert result.metrics['coco/bbox_mAP_50'] >= before['coco/bbox_mAP_50'] + 0.2, (
-        before, result.metrics)
-
-
-@pytest.mark.slow
-def test_short_segmentation_demo_beats_the_untrained_model(tmp_path):
-    options = dict(SMALL_DATA)
-    cfg = prepare_demo_cfg('seg', tmp_path / 'work', quick=True, data_root=tmp_path / 'ade',
-                           cfg_options=options)
-    before = untrained_metrics(cfg)
-    result = run_demo('seg', tmp_path / 'work', quick=True, data_root=tmp_path / 'ade',
-                      cfg_options=options)
-    check_outputs(result, 8)
-    assert result.metrics['mIoU'] >= before['mIoU'] + 20, (before, result.metrics)
-    assert np.isfinite(result.metrics['aAcc'])
+    assert result.metrics[metric] >= before[metric] + margin, (before, result.metrics)
+    for key in finite:
+        assert np.isfinite(result.metrics[key])
