@@ -29,7 +29,9 @@ from .backbone import ConvNeXt
 from .layers import ConvNeXtBlock, LayerNorm2d
 
 IMPLS = ('ours', 'timm', 'official', 'mmpretrain')
-OPTIONS = ('channels_last', 'with_cp', 'compile', 'amp')
+OPTIONS = ('channels_last', 'with_cp', 'compile', 'amp', 'amp_bf16')
+#: options measured only on a GPU (on a CPU, ``amp`` is already bf16)
+GPU_ONLY_OPTIONS = ('amp_bf16',)
 MODES = ('infer', 'train')
 ARCH_ALIASES = {'T': 'tiny', 'S': 'small', 'B': 'base', 'L': 'large', 'XL': 'xlarge'}
 
@@ -170,8 +172,9 @@ def make_input(batch: int, size: tuple[int, int], variant: Variant,
 def make_step(variant: Variant, model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
     """One inference (``no_grad``) or training step (forward + backward) of ``model`` on ``x``."""
     runner = torch.compile(model) if 'compile' in variant.options else model
-    amp_dtype = torch.bfloat16 if x.device.type == 'cpu' else torch.float16
-    use_amp = 'amp' in variant.options
+    bf16 = x.device.type == 'cpu' or 'amp_bf16' in variant.options
+    amp_dtype = torch.bfloat16 if bf16 else torch.float16
+    use_amp = 'amp' in variant.options or 'amp_bf16' in variant.options
 
     def forward() -> tuple[torch.Tensor, ...]:
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=use_amp):
@@ -244,8 +247,15 @@ def count_flops(arch: str, batch: int, size: tuple[int, int], mode: str) -> int:
     return counter.get_total_flops() * (1 if mode == 'infer' else 3)
 
 
-def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
-    """Measured fp32 matrix-multiply throughput (GFLOP/s): median of ``reps`` n x n products."""
+def matmul_size(device_type: str) -> int:
+    """Side of the square fp32 product that measures a device's matrix-multiply ceiling."""
+    return 2048 if device_type == 'cpu' else 8192
+
+
+def matmul_gflops(device: torch.device, n: int | None = None, reps: int = 5) -> float:
+    """Measured fp32 matrix-multiply throughput (GFLOP/s): median of ``reps`` n x n products
+    (n: :func:`matmul_size`, large enough to reach the device's rate)."""
+    n = n or matmul_size(device.type)
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     times = time_interleaved({'mm': lambda: torch.mm(a, b)}, warmup=2, reps=reps,
@@ -445,7 +455,9 @@ class Results:
     """Everything one run measured."""
 
     settings: Settings
-    matmul_gflops: float = 0.0
+    #: every measurement of the matrix-multiply rate, one at the start and one after each
+    #: setting: on a shared machine single readings dip, so the ceiling is the highest
+    matmul_samples: list[float] = field(default_factory=list)
     speed: list[SpeedRow] = field(default_factory=list)
     memory: list[MemoryRow] = field(default_factory=list)
     detector_images_per_s: float | None = None
@@ -453,6 +465,13 @@ class Results:
     profiles: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    #: False until every part of the run finished (the report says it is partial)
+    complete: bool = False
+
+    @property
+    def matmul_gflops(self) -> float:
+        """The practical ceiling: the highest matrix-multiply rate measured in this run."""
+        return max(self.matmul_samples, default=0.0)
 
 
 def _variants(settings: Settings, arch: str, size: Size, mode: str) -> list[Variant]:
@@ -463,6 +482,8 @@ def _variants(settings: Settings, arch: str, size: Size, mode: str) -> list[Vari
                 continue  # checkpointing does nothing without gradients
             if option == 'compile' and size not in settings.compile_sizes:
                 continue
+            if option in GPU_ONLY_OPTIONS and settings.device != 'cuda':
+                continue
             variants.append(Variant('ours', (option,)))
     return variants
 
@@ -471,8 +492,10 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_speed(settings: Settings, results: Results) -> None:
-    """Time every variant in every (arch, size, mode), interleaved within each setting."""
+def run_speed(settings: Settings, results: Results,
+              progress: Callable[[Results], None] = lambda results: None) -> None:
+    """Time every variant in every (arch, size, mode), interleaved within each setting; after
+    each setting, one more reading of the matrix-multiply rate and ``progress(results)``."""
     device = torch.device(settings.device)
     for arch in settings.archs:
         for size in settings.sizes_of(arch):
@@ -493,6 +516,8 @@ def run_speed(settings: Settings, results: Results) -> None:
                                                   statistics.median(seconds), flops, len(seconds)))
                 del steps
                 gc.collect()
+                results.matmul_samples.append(matmul_gflops(device, reps=3))
+                progress(results)
 
 
 def run_memory(settings: Settings, results: Results) -> None:
@@ -551,8 +576,13 @@ def detector_images_per_s(config: str, size: Size, reps: int, device: torch.devi
     return 1 / statistics.median(times['detector'])
 
 
-def run(settings: Settings) -> Results:
-    """Measure everything ``settings`` asks for."""
+def run(settings: Settings,
+        progress: Callable[[Results], None] = lambda results: None) -> Results:
+    """Measure everything ``settings`` asks for.
+
+    ``progress(results)`` is called whenever a part has been measured (each setting, each
+    phase), so a caller can write what is there if the run is stopped before its end.
+    """
     start = time.perf_counter()
     torch.set_num_threads(settings.threads)
     device = torch.device(settings.device)
@@ -561,18 +591,26 @@ def run(settings: Settings) -> Results:
     results = Results(settings)
     if not mmpretrain_available():
         results.skipped.append('mmpretrain: not installed')
-    results.matmul_gflops = matmul_gflops(device)
+
+    def update() -> None:
+        results.wall_s = time.perf_counter() - start
+        progress(results)
+
+    results.matmul_samples.append(matmul_gflops(device))
     _log(f'matmul: {results.matmul_gflops:.1f} GFLOP/s')
-    run_speed(settings, results)
+    run_speed(settings, results, lambda _: update())
     if settings.profile and device.type == 'cpu':
         run_profiles(settings, results)
+        update()
     if settings.memory_sizes:
         run_memory(settings, results)
+        update()
     if settings.detector_config:
         _log(f'detector {settings.detector_config}')
         results.detector_images_per_s = detector_images_per_s(
             settings.detector_config, settings.detector_size, settings.detector_reps, device)
-    results.wall_s = time.perf_counter() - start
+    results.complete = True
+    update()
     return results
 
 
@@ -697,10 +735,13 @@ def render_markdown(results: Results, command: str, note: str = '') -> str:
            '- `mmpretrain`: `mmpretrain.models.ConvNeXt` where installed',
            '- options of ours: `channels_last` (model and input), `with_cp` (activation '
            'checkpointing), `compile` (`torch.compile`, default inductor), `amp` '
-           '(autocast, bf16 on CPU, fp16 on GPU)', '',
+           '(autocast, bf16 on CPU, fp16 on GPU), `amp_bf16` (autocast bf16, GPU only)', '',
            '## Machine', '', *machine_description(settings), '',
            f'- Date: {time.strftime("%Y-%m-%d %H:%M %Z")}; the run took '
            f'{results.wall_s / 60:.1f} min', '']
+    if not results.complete:
+        out += ['- **Partial report**: the run had not finished when this was written (it was '
+                'stopped, or is still going); the tables hold what was measured by then.', '']
     if note:
         out += [f'- Note: {note}', '']
     out += ['Command:', '', '```bash', command, '```', '']
@@ -713,11 +754,14 @@ def render_markdown(results: Results, command: str, note: str = '') -> str:
         out.append(f'| {target} | {measured} | {verdict} |')
     out += ['']
 
+    n = matmul_size('cuda' if settings.device == 'cuda' else 'cpu')
     out += ['## Backbone throughput', '',
-            f'Machine matrix-multiply ceiling (fp32 2048x2048 `torch.mm`, same run): '
-            f'**{results.matmul_gflops:.0f} GFLOP/s**. Backbone GFLOP/s counts the FLOPs of the '
-            'step (2 per multiply-add; forward, plus backward for training) with torch\'s '
-            'FLOP counter.', '']
+            f'Machine matrix-multiply ceiling (fp32 {n}x{n} `torch.mm`, same run): '
+            f'**{results.matmul_gflops:.0f} GFLOP/s**, the highest of '
+            f'{len(results.matmul_samples)} readings (one at the start, one after each setting; '
+            f'lowest {min(results.matmul_samples, default=0.0):.0f}). Backbone GFLOP/s counts '
+            'the FLOPs of the step (2 per multiply-add; forward, plus backward for training) '
+            'with torch\'s FLOP counter.', '']
     others = [impl for impl in settings.impls if impl != 'ours']
     header = ['arch', 'input', 'batch', 'mode', 'reps', 'ours img/s',
               'ours GFLOP/s (% of matmul)']

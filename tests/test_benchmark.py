@@ -1,17 +1,23 @@
 """The benchmark: its official-design baseline, memory probe, and the tool end to end."""
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 
 from convnext_dense.benchmark import (
+    Settings,
     Variant,
+    _variants,
     build_backbone,
     count_flops,
     official_convnext,
     peak_memory,
+    run,
 )
-from tests.conftest import randomize_, relative_error, run_tool_process
+from tests.conftest import load_tool, randomize_, relative_error, run_tool_process
 
 
 def test_official_baseline_matches_ours_on_the_same_weights():
@@ -62,3 +68,58 @@ def test_benchmark_tool_writes_the_report(tmp_path):
                      'ours+with_cp', 'ours+amp', '## Where the time goes', '## Peak memory',
                      '## Whole detector', 'images/s'):
         assert expected in text, expected
+
+
+def _tiny_settings(**changes) -> Settings:
+    settings = Settings(archs=('atto',), sizes=((32, 32), (48, 48)), batches={}, arch_sizes={},
+                        impls=('ours',), modes=('infer',), options=(), memory_sizes=(),
+                        profile=False, detector_config=None, reps=1, budget_s=None, threads=1,
+                        device='cpu')
+    for name, value in changes.items():
+        setattr(settings, name, value)
+    return settings
+
+
+def test_run_reports_progress_after_each_setting_and_rereads_the_ceiling():
+    snapshots = []
+    results = run(_tiny_settings(), lambda r: snapshots.append(
+        (len(r.speed), len(r.matmul_samples), r.complete)))
+    # one call per setting, then the final one; the ceiling is read at the start and after
+    # each setting, and is the highest reading
+    assert snapshots == [(1, 2, False), (2, 3, False), (2, 3, True)]
+    assert results.matmul_gflops == max(results.matmul_samples) > 0
+
+
+def test_benchmark_tool_stopped_by_sigterm_leaves_a_partial_report(tmp_path, monkeypatch):
+    tool = load_tool('benchmark')
+    real_run = tool.run
+
+    def run_then_sigterm(settings, progress):
+        def progress_then_stop(results):
+            progress(results)
+            os.kill(os.getpid(), signal.SIGTERM)  # what `timeout` sends
+        return real_run(settings, progress_then_stop)
+
+    monkeypatch.setattr(tool, 'run', run_then_sigterm)
+    out = tmp_path / 'bench.md'
+    handler_before = signal.getsignal(signal.SIGTERM)
+    returncode = tool.main(['--archs', 'atto', '--sizes', '32,48', '--batches', '1', '1',
+                            '--impls', 'ours', '--modes', 'infer', '--options', '', '--reps', '1',
+                            '--budget', '0', '--threads', '1', '--no-memory', '--no-profile',
+                            '--no-detector', '--device', 'cpu', '--out', str(out)])
+    assert returncode == 130
+    assert signal.getsignal(signal.SIGTERM) == handler_before
+    text = out.read_text()
+    assert '**Partial report**' in text
+    assert '| atto | 32x32 | 1 | infer |' in text  # the setting measured before the stop
+    assert '| atto | 48x48 |' not in text
+    assert not list(tmp_path.glob('*.partial'))
+
+
+def test_gpu_only_options_are_skipped_on_a_cpu():
+    settings = _tiny_settings(options=('channels_last', 'amp', 'amp_bf16'), option_arch='atto',
+                              option_sizes=((32, 32),))
+    names = [v.name for v in _variants(settings, 'atto', (32, 32), 'infer')]
+    assert names == ['ours', 'ours+channels_last', 'ours+amp']
+    settings.device = 'cuda'
+    assert 'ours+amp_bf16' in [v.name for v in _variants(settings, 'atto', (32, 32), 'infer')]

@@ -43,3 +43,16 @@ def test_installed_mmcv_ops_verify(installer):
 def test_failed_command_raises_a_clear_error(installer):
     with pytest.raises(installer.InstallError, match='exit code 3'):
         installer.run([sys.executable, '-c', 'raise SystemExit(3)'])
+
+
+def test_sdist_option_rejects_a_missing_or_foreign_file(installer, tmp_path, monkeypatch,
+                                                        capsys):
+    monkeypatch.setattr(sys, 'argv', ['install_mmcv.py', '--sdist', str(tmp_path / 'none.tgz')])
+    with pytest.raises(SystemExit):
+        installer.main()
+    err = capsys.readouterr().err
+    assert '--sdist' in err and 'no such file' in err
+    other = tmp_path / 'mmcv-2.2.0.tar.gz'
+    other.write_bytes(b'')
+    with pytest.raises(installer.InstallError, match='not the source distribution of mmcv 2.1.0'):
+        installer.build_wheel('2.1.0', tmp_path / 'wheels', other)

@@ -11,7 +11,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from convnext_dense.benchmark import (
     IMPLS,
     MODES,
     OPTIONS,
+    Results,
     Settings,
     render_markdown,
     run,
@@ -76,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='skip the torch.profiler breakdown of a step')
     parser.add_argument('--detector-size', type=_size,
                         help='detector input HxW (default 800x1333)')
+    parser.add_argument('--detector-reps', type=int,
+                        help='timed detector inferences, median reported (default 3)')
     parser.add_argument('--warmup', type=int, help='untimed steps per variant (default 1)')
     parser.add_argument('--reps', type=int, help='most timed repetitions per setting (default 7)')
     parser.add_argument('--budget', type=float,
@@ -98,7 +103,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.budget is not None:
         settings.budget_s = args.budget or None
     for name in ('archs', 'impls', 'modes', 'options', 'option_sizes', 'memory_sizes', 'warmup',
-                 'reps', 'threads', 'device'):
+                 'reps', 'threads', 'device', 'detector_reps'):
         value = getattr(args, name)
         if value is not None:
             setattr(settings, name, value)
@@ -131,10 +136,24 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_from_args(args)
-    results = run(settings)
     command = 'python tools/benchmark.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render_markdown(results, command.strip(), args.note) + '\n')
+
+    def write(results: Results) -> None:
+        """(Re)write the report; a run stopped early leaves its last partial report."""
+        partial = args.out.with_name(args.out.name + '.partial')
+        partial.write_text(render_markdown(results, command.strip(), args.note) + '\n')
+        os.replace(partial, args.out)
+
+    # `timeout` and schedulers stop with SIGTERM: end like Ctrl-C, the report already written
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        run(settings, write)
+    except KeyboardInterrupt:
+        print(f'stopped; partial report in {args.out}', file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f'wrote {args.out}')
     return 0
 

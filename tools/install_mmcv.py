@@ -8,15 +8,15 @@ locally. This script:
 2. otherwise installs a cached wheel keyed by mmcv, torch, Python and
    CPU/CUDA versions (``$CONVNEXT_DENSE_CACHE``, default
    ``~/.cache/convnext_dense/wheels``), when one exists;
-3. otherwise downloads the sdist, rewrites its ``-std=c++14/17`` flags to
-   ``-std=c++20`` when the installed torch headers need C++20, builds a wheel
-   (CUDA ops when torch sees a GPU and a CUDA toolchain, CPU ops otherwise),
+3. otherwise takes the sdist (``--sdist FILE``, or downloads it), rewrites its
+   ``-std=c++14/17`` flags to ``-std=c++20`` when the installed torch headers need
+   C++20, builds a wheel (CUDA ops when torch sees a GPU and a CUDA toolchain, CPU ops otherwise),
    caches it and installs it;
 4. verifies the result by running an NMS and a RoIAlign in a fresh process.
 
 Any failure ends with a non-zero exit code and a message saying what failed.
 
-Usage: ``python tools/install_mmcv.py [--version 2.1.0] [--force-build]``
+Usage: ``python tools/install_mmcv.py [--version 2.1.0] [--force-build] [--sdist FILE]``
 """
 from __future__ import annotations
 
@@ -44,6 +44,11 @@ feat = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8)
 rois = torch.tensor([[0., 0., 0., 4., 4.]])
 out = roi_align(feat, rois, (2, 2), 1.0, 2, 'avg', True)
 assert out.shape == (1, 1, 2, 2), out.shape
+if {cuda!r}:  # the CUDA kernels give the CPU kernels' results
+    _, keep_gpu = nms(boxes.cuda(), scores.cuda(), iou_threshold=0.5)
+    assert keep_gpu.tolist() == [0, 2], keep_gpu
+    out_gpu = roi_align(feat.cuda(), rois.cuda(), (2, 2), 1.0, 2, 'avg', True)
+    assert torch.allclose(out_gpu.cpu(), out, atol=1e-5), (out_gpu, out)
 print('mmcv', mmcv.__version__, 'ops OK on', 'cuda' if {cuda!r} else 'cpu')
 """
 
@@ -115,17 +120,23 @@ def patch_cxx_standard(src_dir: Path) -> None:
         log('patched setup.py: -std=c++14/17 -> -std=c++20')
 
 
-def build_wheel(mmcv_version: str, out_dir: Path) -> Path:
-    """Download mmcv's sdist, patch it if needed and build a wheel into out_dir."""
+def build_wheel(mmcv_version: str, out_dir: Path, sdist: Path | None = None) -> Path:
+    """Build a wheel into out_dir from mmcv's sdist (``sdist``, or downloaded), patched if
+    needed."""
     _, _, with_cuda = torch_info()
     with tempfile.TemporaryDirectory(prefix='mmcv-build-') as tmp:
         tmp_path = Path(tmp)
-        run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:',
-             '--no-build-isolation', '-d', str(tmp_path / 'sdist'), f'mmcv=={mmcv_version}'])
-        sdists = list((tmp_path / 'sdist').glob('mmcv-*.tar.gz'))
-        if not sdists:
-            raise InstallError(f'pip download produced no mmcv sdist in {tmp_path / "sdist"}')
-        with tarfile.open(sdists[0]) as tar:
+        if sdist is None:
+            run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:',
+                 '--no-build-isolation', '-d', str(tmp_path / 'sdist'), f'mmcv=={mmcv_version}'])
+            sdists = list((tmp_path / 'sdist').glob('mmcv-*.tar.gz'))
+            if not sdists:
+                raise InstallError(f'pip download produced no mmcv sdist in {tmp_path / "sdist"}')
+            sdist = sdists[0]
+        elif not sdist.name.startswith(f'mmcv-{mmcv_version}.tar'):
+            raise InstallError(f'--sdist {sdist} is not the source distribution of mmcv '
+                               f'{mmcv_version} (expected mmcv-{mmcv_version}.tar.gz)')
+        with tarfile.open(sdist) as tar:
             tar.extractall(tmp_path / 'src', filter='data')
         src_dir = next((tmp_path / 'src').iterdir())
         if torch_needs_cxx20():
@@ -150,7 +161,7 @@ def build_wheel(mmcv_version: str, out_dir: Path) -> Path:
         return target
 
 
-def install(mmcv_version: str, force_build: bool = False) -> None:
+def install(mmcv_version: str, force_build: bool = False, sdist: Path | None = None) -> None:
     if not force_build and verify(mmcv_version, quiet=True):
         log('already installed, nothing to do')
         return
@@ -160,7 +171,7 @@ def install(mmcv_version: str, force_build: bool = False) -> None:
         log(f'using cached wheel {wheels[0]}')
         wheel = wheels[0]
     else:
-        wheel = build_wheel(mmcv_version, wheel_dir)
+        wheel = build_wheel(mmcv_version, wheel_dir, sdist)
         log(f'cached wheel {wheel}')
     run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--force-reinstall', str(wheel)])
     # mmcv's own runtime requirements, without letting pip touch torch.
@@ -176,9 +187,14 @@ def main() -> int:
     parser.add_argument('--version', default=DEFAULT_MMCV_VERSION, help='mmcv version')
     parser.add_argument('--force-build', action='store_true',
                         help='rebuild even if a cached wheel or a working install exists')
+    parser.add_argument('--sdist', type=Path,
+                        help='build from this mmcv-VERSION.tar.gz instead of downloading it '
+                             '(machines without a package index)')
     args = parser.parse_args()
+    if args.sdist is not None and not args.sdist.is_file():
+        parser.error(f'--sdist {args.sdist}: no such file')
     try:
-        install(args.version, args.force_build)
+        install(args.version, args.force_build, args.sdist)
     except InstallError as exc:
         log(f'ERROR: {exc}')
         return 1
