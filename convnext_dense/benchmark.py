@@ -599,10 +599,9 @@ def run(settings: Settings,
     start = time.perf_counter()
     torch.set_num_threads(settings.threads)
     device = torch.device(settings.device)
-    if 'mmpretrain' in settings.impls and not mmpretrain_available():
-        settings.impls = tuple(i for i in settings.impls if i != 'mmpretrain')
     results = Results(settings)
     if not mmpretrain_available():
+        settings.impls = tuple(i for i in settings.impls if i != 'mmpretrain')
         results.skipped.append('mmpretrain: not installed')
 
     def update() -> None:

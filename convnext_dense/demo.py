@@ -32,6 +32,7 @@ import numpy as np
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
+from mmengine.runner import find_latest_checkpoint
 
 from .demo_data import DATASET_MAKERS
 from .runner import build_runner, load_config, prepare_train_cfg, toolbox_of
@@ -227,7 +228,8 @@ def train_and_report(task: str, cfg: Config, start: Optional[float] = None) -> D
     metrics = last_val.metrics or {k: float(v) for k, v in runner.val().items()}
 
     out_dir = Path(cfg.work_dir)
-    checkpoint = _last_checkpoint(out_dir)
+    latest = find_latest_checkpoint(str(out_dir))
+    checkpoint = Path(latest) if latest else None
     metrics_file = out_dir / 'metrics.json'
     metrics_file.write_text(json.dumps(dict(
         task=task, config=spec.config, dataset=str(cfg.val_dataloader.dataset.data_root),
@@ -251,13 +253,6 @@ def _iters_per_val_step(runner) -> int:
     by_epoch = any(getattr(hook, 'log_metric_by_epoch', False) for hook in runner.hooks
                    if isinstance(hook, LoggerHook))
     return len(runner.train_dataloader) if by_epoch else 1
-
-
-def _last_checkpoint(work_dir: Path) -> Optional[Path]:
-    pointer = work_dir / 'last_checkpoint'
-    if not pointer.is_file():
-        return None
-    return Path(pointer.read_text().strip())
 
 
 def summary(result: DemoResult, spec: DemoTask) -> str:

@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import sys
@@ -27,6 +26,7 @@ from convnext_dense.benchmark import (
     render_markdown,
     run,
 )
+from convnext_dense.checkpoint_io import atomic_file
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -141,9 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def write(results: Results) -> None:
         """(Re)write the report; a run stopped early leaves its last partial report."""
-        partial = args.out.with_name(args.out.name + '.partial')
-        partial.write_text(render_markdown(results, command.strip(), args.note) + '\n')
-        os.replace(partial, args.out)
+        with atomic_file(args.out) as f:
+            f.write((render_markdown(results, command.strip(), args.note) + '\n').encode())
 
     # `timeout` and schedulers stop with SIGTERM: end like Ctrl-C, the report already written
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
