@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.convnext_dense-installed
+# mmpretrain and the deps .venv lacks, put on sys.path only by the tests that need it
+MMPRETRAIN_OVERLAY := $(VENV)/overlays/mmpretrain
 PYTEST_ARGS ?=
 
 .PHONY: setup demo demo-seg test test-fast lint clean
@@ -17,6 +19,15 @@ $(STAMP): setup.cfg pyproject.toml tools/install_mmcv.py Makefile
 	$(PY) -m pip install -q torch torchvision "setuptools>=77,<81" wheel ninja "mmengine==0.10.7"
 	$(PY) tools/install_mmcv.py
 	$(PY) -m pip install -q --no-build-isolation -e ".[all]"
+	# mmpretrain (tests compare checkpoints with its real ConvNeXt) goes into an overlay
+	# folder, never into site-packages: mmdet imports it whenever it is importable, and it
+	# breaks next to transformers 5. Only the runtime deps .venv lacks are added there.
+	rm -rf $(MMPRETRAIN_OVERLAY)
+	$(PY) -m pip install -q --no-deps --target $(MMPRETRAIN_OVERLAY) mmpretrain==1.2.0 \
+		einops==0.8.2 model-index==0.1.11 ordered-set==4.1.0 markdown==3.11.3 \
+		importlib-metadata==10.2.0 zipp==4.1.2 lazy-importer==0.1.0
+	# model-index ships a top-level `tests` package, which would shadow this repo's
+	rm -rf $(MMPRETRAIN_OVERLAY)/tests $(MMPRETRAIN_OVERLAY)/bin
 	touch $(STAMP)
 
 # The main job on the built-in demo dataset: generate it (data/demo/), train Mask R-CNN

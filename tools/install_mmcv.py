@@ -68,18 +68,52 @@ def run(cmd: list[str], **kwargs) -> None:
         raise InstallError(f'command failed with exit code {result.returncode}: {" ".join(cmd)}')
 
 
-def torch_info() -> tuple[str, str | None, bool]:
-    """Return (torch version, CUDA version of the build or None, build CUDA ops?)."""
+def cuda_ops_choice() -> tuple[bool, str]:
+    """Whether to build mmcv's CUDA ops, and why (or why not).
+
+    CUDA ops need a CUDA build of torch, a GPU that torch sees, and a CUDA toolchain
+    (``nvcc`` under ``CUDA_HOME``, as torch's ``cpp_extension`` finds it).
+    """
     try:
         import torch
         from torch.utils import cpp_extension
     except ImportError as exc:
         raise InstallError('torch must be installed before mmcv is built '
                            f'(import failed: {exc})') from exc
-    with_cuda = bool(torch.version.cuda) and torch.cuda.is_available() and \
-        cpp_extension.CUDA_HOME is not None and \
-        shutil.which('nvcc', path=os.path.join(cpp_extension.CUDA_HOME, 'bin')) is not None
+    if not torch.version.cuda:
+        return False, f'torch {torch.__version__} is a CPU-only build'
+    if not torch.cuda.is_available():
+        return False, f'torch (CUDA {torch.version.cuda}) sees no GPU'
+    cuda_home = cpp_extension.CUDA_HOME
+    if cuda_home is None:
+        return False, (f'torch (CUDA {torch.version.cuda}) sees a GPU, but no CUDA toolchain '
+                       'was found (CUDA_HOME is not set and no nvcc on PATH)')
+    if shutil.which('nvcc', path=os.path.join(cuda_home, 'bin')) is None:
+        return False, (f'torch (CUDA {torch.version.cuda}) sees a GPU, but there is no nvcc '
+                       f'in CUDA_HOME={cuda_home}/bin')
+    return True, f'torch (CUDA {torch.version.cuda}) sees a GPU and nvcc is in {cuda_home}/bin'
+
+
+def torch_info() -> tuple[str, str | None, bool]:
+    """Return (torch version, CUDA version of the build or None, build CUDA ops?)."""
+    import torch  # cuda_ops_choice() raised InstallError if it is missing
+    with_cuda, _ = cuda_ops_choice()
     return torch.__version__.split('+')[0], torch.version.cuda, with_cuda
+
+
+def log_ops_choice() -> None:
+    """Say which ops will be built and why; warn when a GPU gets CPU-only ops."""
+    with_cuda, reason = cuda_ops_choice()
+    if with_cuda:
+        log(f'CUDA ops: {reason}')
+        return
+    import torch
+    if torch.version.cuda and torch.cuda.is_available():
+        log(f'WARNING: CPU-only ops although a GPU is visible: {reason}. mmcv ops on CUDA '
+            'tensors (RoIAlign, NMS, ...) will fail. Install the CUDA toolkit matching torch '
+            f'(CUDA {torch.version.cuda}), set CUDA_HOME, and rerun with --force-build.')
+    else:
+        log(f'CPU ops: {reason}')
 
 
 def torch_needs_cxx20() -> bool:
@@ -162,6 +196,7 @@ def build_wheel(mmcv_version: str, out_dir: Path, sdist: Path | None = None) -> 
 
 
 def install(mmcv_version: str, force_build: bool = False, sdist: Path | None = None) -> None:
+    log_ops_choice()
     if not force_build and verify(mmcv_version, quiet=True):
         log('already installed, nothing to do')
         return
