@@ -1,31 +1,47 @@
 """ConvNeXt backbone for MMDetection 3.x and MMSegmentation 1.x.
 
 ``import convnext_dense`` (or ``custom_imports=dict(imports=['convnext_dense'])``
-in a config) registers ``ConvNeXt`` in the model registry and
-``ConvNeXtLayerDecayOptimizerConstructor`` in the optimizer-wrapper-constructor
-registry of each installed toolbox, and ``ReplicaSyncCheckHook`` in mmengine's hook
-registry (the parent of mmdet's and mmseg's, so their configs find it too).
+in a config) registers modules and changes nothing else:
+
+- ``ConvNeXt`` in the model registry of each installed toolbox (mmdet, mmseg);
+- ``ConvNeXtLayerDecayOptimizerConstructor`` in their optimizer-wrapper-constructor
+  registries;
+- ``ReplicaSyncCheckHook`` in mmengine's hook registry and the ``ConvNeXtPretrained``
+  weight initialiser in mmengine's (the parents of mmdet's and mmseg's, so their
+  configs find them too);
+- the config scope ``convnext_dense::`` (the configs shipped in the package) in
+  mmengine's table of packages with configs.
+
+The fixes to mmengine's global behaviour that training on torch >= 2.6 needs are
+opt-in: :func:`enable_runtime_fixes` (or ``'convnext_dense.enable_fixes'`` in
+``custom_imports``); see :mod:`convnext_dense.engine.runtime_fixes`.
+
+Layout: ``models`` (backbone, layers), ``checkpoint`` (io, formats, conversion, safe
+loading), ``engine`` (layer decay, hooks, the opt-in fixes), ``apis`` (train/test
+preparation, data checks, complexity), ``demo`` and ``benchmark`` (applications).
 """
 from mmengine.registry import HOOKS
 
-from .backbone import ARCH_SETTINGS, ConvNeXt
-from .checkpoint_io import make_local_writes_atomic
-from .hooks import ReplicaSyncCheckHook
-from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor, get_layer_id, get_lr_scale
-from .registry import register, register_in_toolboxes, register_models
-from .safe_loading import allow_mmengine_checkpoints
+from .checkpoint.convert import ConvNeXtPretrainedInit
+from .engine.hooks import ReplicaSyncCheckHook
+from .engine.layer_decay import (
+    ConvNeXtLayerDecayOptimizerConstructor,
+    get_layer_id,
+    get_lr_scale,
+)
+from .engine.runtime_fixes import enable_runtime_fixes
+from .models.backbone import ARCH_SETTINGS, ConvNeXt
+from .registry import register, register_config_scope, register_in_toolboxes, register_models
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 REGISTERED_SCOPES = register_models(ConvNeXt)
 register_in_toolboxes('OPTIM_WRAPPER_CONSTRUCTORS', ConvNeXtLayerDecayOptimizerConstructor)
 # once, in mmengine's root registry: mmdet's and mmseg's HOOKS look it up there
 register(HOOKS, ReplicaSyncCheckHook)
-# mmengine's own checkpoints (resume, load_from, tools/test.py) under weights_only=True
-allow_mmengine_checkpoints()
-# checkpoints are never left half-written
-make_local_writes_atomic()
+# `_base_ = 'convnext_dense::configs/...'`: the shipped configs, for configs loaded after this
+register_config_scope()
 
 __all__ = ['ARCH_SETTINGS', 'ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor',
-           'REGISTERED_SCOPES', 'ReplicaSyncCheckHook', '__version__', 'get_layer_id',
-           'get_lr_scale']
+           'ConvNeXtPretrainedInit', 'REGISTERED_SCOPES', 'ReplicaSyncCheckHook',
+           '__version__', 'enable_runtime_fixes', 'get_layer_id', 'get_lr_scale']

@@ -1,7 +1,9 @@
-"""Register this package's modules into the mmdet and mmseg registries.
+"""Register this package into the OpenMMLab registries: its modules and its config scope.
 
-Only the toolboxes that are installed are touched: a missing mmdet or mmseg
-is skipped, any other import error is raised as it is.
+Modules go into the mmdet and mmseg registries; only the toolboxes that are
+installed are touched: a missing mmdet or mmseg is skipped, any other import
+error is raised as it is. The config scope ``convnext_dense::`` is added to
+mmengine's table of packages that ship configs.
 """
 from __future__ import annotations
 
@@ -10,6 +12,10 @@ from types import ModuleType
 
 from mmengine.registry import Registry
 
+#: The name before ``::`` in a config's ``_base_`` (``convnext_dense::configs/...``).
+CONFIG_SCOPE = 'convnext_dense'
+#: The pip distribution that provides the scope (what mmengine looks up to locate it).
+DISTRIBUTION = 'convnext_dense'
 #: Toolboxes whose registries receive this package's classes.
 TOOLBOX_REGISTRY_MODULES = ('mmdet.registry', 'mmseg.registry')
 
@@ -64,3 +70,22 @@ def register_in_toolboxes(registry_name: str, *classes: type) -> list[str]:
 def register_models(*classes: type) -> list[str]:
     """Register model classes in every installed toolbox; return the scopes used."""
     return register_in_toolboxes('MODELS', *classes)
+
+
+def register_config_scope() -> None:
+    """Let mmengine resolve ``convnext_dense::`` bases: add this package to ``MODULE2PACKAGE``.
+
+    mmengine's config loader accepts ``<scope>::<path>`` only for the scopes in
+    ``mmengine.config.utils.MODULE2PACKAGE`` (the OpenMMLab projects), mapped to the
+    distribution whose ``.mim/configs`` it searches. This adds ``'convnext_dense'`` to that
+    table and touches nothing else; idempotent.
+
+    Raises:
+        RuntimeError: the table already maps the scope to another distribution.
+    """
+    from mmengine.config.utils import MODULE2PACKAGE
+
+    existing = MODULE2PACKAGE.setdefault(CONFIG_SCOPE, DISTRIBUTION)
+    if existing != DISTRIBUTION:
+        raise RuntimeError(f'mmengine already maps the config scope {CONFIG_SCOPE!r} to the '
+                           f'distribution {existing!r}')

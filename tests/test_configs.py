@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from mmengine.config import Config
 
-from convnext_dense.complexity import model_complexity
-from convnext_dense.runner import (
+from convnext_dense.apis.complexity import model_complexity
+from convnext_dense.apis.runner import (
     DatasetNotFoundError,
     fit_dist_backend_to_device,
     fit_optim_wrapper_to_device,

@@ -12,14 +12,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
-from convnext_dense.demo_data import make_coco_dataset
+from convnext_dense.demo.data import make_coco_dataset
 from tests.conftest import REPO
 from tests.test_tools_e2e import coco_options
 
 pytestmark = pytest.mark.slow
 
 CONFIG = REPO / 'configs' / 'mask_rcnn_convnext_t_coco.py'
+ATTO_DIMS = (40, 80, 160, 320)
 FSDP_CONFIG = """runner_type = 'FlexibleRunner'
 strategy = dict(type='FSDPStrategy',
                 model_wrapper=dict(type='MMFullyShardedDataParallel', use_orig_params=True))"""
@@ -32,17 +34,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def dist_train(tmp_path: Path, config_lines: str) -> tuple[Path, str]:
-    """Train Mask R-CNN (atto backbone) for one iteration + evaluation on 2 CPU processes.
+def as_option(values) -> str:
+    """A list for ``--cfg-options`` (one argument, no spaces)."""
+    return '[' + ','.join(map(str, values)) + ']'
+
+
+def dist_train(tmp_path: Path, config_lines: str, iterations: int = 1,
+               out_indices: tuple[int, ...] = (0, 1, 2, 3)) -> tuple[Path, str]:
+    """Train Mask R-CNN (atto backbone) on 2 CPU processes: ``iterations`` steps, evaluation.
 
     ``config_lines`` go into a config inheriting the repository's: ``--cfg-options``
-    cannot hold dicts (mmengine's DictAction). Returns the work dir and the log.
+    cannot hold dicts (mmengine's DictAction). The FPN takes the ``out_indices`` features.
+    Returns the work dir and the log.
     """
-    root = make_coco_dataset(tmp_path / 'coco', num_train=4, num_val=2, image_size=(128, 160))
+    # 2 images per rank and step, 2 ranks
+    root = make_coco_dataset(tmp_path / 'coco', num_train=4 * iterations, num_val=2,
+                             image_size=(128, 160))
     work_dir = tmp_path / 'work'
     options = coco_options(root, ['model.roi_head.bbox_head.num_classes',
                                   'model.roi_head.mask_head.num_classes'], crop_branch=False)
-    options += ['model.backbone.arch=atto', 'model.neck.in_channels=[40,80,160,320]']
+    options += ['model.backbone.arch=atto',
+                f'model.backbone.out_indices={as_option(out_indices)}',
+                f'model.neck.in_channels={as_option(ATTO_DIMS[i] for i in out_indices)}']
     config = tmp_path / 'overlay.py'
     config.write_text(f'_base_ = [{str(CONFIG)!r}]\n{config_lines}\n')
     env = dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1')
@@ -54,8 +67,8 @@ def dist_train(tmp_path: Path, config_lines: str) -> tuple[Path, str]:
     assert 'distributed training with gloo on the CPU' in log
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     assert 'GPU number: 2' in log  # mmengine's name for the world size
-    # 4 images, 2 per rank and step, 2 ranks: one iteration per epoch, then evaluation
-    assert 'Epoch(train) [1][1/1]' in log
+    # one epoch of ``iterations`` iterations, then evaluation
+    assert f'Epoch(train) [1][{iterations}/{iterations}]' in log
     assert 'coco/bbox_mAP' in log and 'coco/segm_mAP' in log
     return work_dir, log
 
@@ -92,3 +105,30 @@ def test_fsdp_on_two_cpu_processes(tmp_path):
     # mmengine's default 'local' state dict: one shard per rank
     assert sorted(p.name for p in (work_dir / 'epoch_1.pth').iterdir()) == ['rank0.pth',
                                                                             'rank1.pth']
+
+
+def test_ddp_trains_a_backbone_with_fewer_stages_without_find_unused_parameters(tmp_path):
+    """out_indices=(0, 1, 2): stage 3 is not built, so no parameter goes without a gradient.
+
+    When stage 3 ran and its output was thrown away, DDP without ``find_unused_parameters``
+    never finished the gradient reduction: the replicas already differed after the 1st
+    iteration (ReplicaSyncCheckHook), and the 2nd failed ("Expected to have finished
+    reduction in the prior iteration"). Hence 2 iterations and the hook.
+    """
+    work_dir, log = dist_train(tmp_path, """
+model_wrapper_cfg = dict(type='MMDistributedDataParallel', broadcast_buffers=False,
+                         find_unused_parameters=False)
+custom_hooks = [dict(type='ReplicaSyncCheckHook', interval=1)]""",
+                               iterations=2, out_indices=(0, 1, 2))
+    assert 'Expected to have finished reduction' not in log
+    assert 'replicas in sync after iter 2:' in log and 'identical on all 2 ranks' in log
+    # the layer-decay groups of the truncated backbone: atto, num_layers=6; ids 0..4 for
+    # the stem and stages 0..2, 7 for the output norms, neck and heads; no id 6 (stage 3)
+    table = decay_table(log)
+    assert {(layer, wd) for layer, wd, _ in table} == {
+        (layer, wd) for layer in (0, 1, 2, 3, 4, 7) for wd in (0.0, 0.05)}, table
+    state = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
+    backbone = {k for k in state['state_dict'] if k.startswith('backbone.')}
+    assert not any(k.startswith(('backbone.stages.3.', 'backbone.downsample_layers.3.',
+                                 'backbone.norm3.')) for k in backbone)
+    assert 'backbone.stages.2.5.gamma' in backbone and 'backbone.norm2.weight' in backbone

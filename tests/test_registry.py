@@ -128,7 +128,7 @@ def test_custom_imports_in_a_config_file(tmp_path):
         print(type(model).__module__, model.out_channels)
     """, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert 'convnext_dense.backbone (512,)' in result.stdout
+    assert 'convnext_dense.models.backbone (512,)' in result.stdout
 
 
 @pytest.mark.parametrize('missing, present', [('mmseg', 'mmdet'), ('mmdet', 'mmseg')])

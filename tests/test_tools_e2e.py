@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from convnext_dense.demo_data import DEMO_CLASSES, make_ade20k_dataset, make_coco_dataset
+from convnext_dense.demo.data import DEMO_CLASSES, make_ade20k_dataset, make_coco_dataset
 from tests.conftest import run_tool_process
 
 pytestmark = pytest.mark.slow

@@ -14,9 +14,9 @@ import argparse
 import sys
 
 from convnext_dense import ARCH_SETTINGS
-from convnext_dense.checkpoint_formats import CONVERTERS
-from convnext_dense.checkpoint_io import CheckpointError
-from convnext_dense.convert import convert_and_save
+from convnext_dense.checkpoint.convert import convert_and_save
+from convnext_dense.checkpoint.formats import CONVERTERS
+from convnext_dense.checkpoint.io import CheckpointError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

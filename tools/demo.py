@@ -17,8 +17,8 @@ import time
 
 from mmengine.config import DictAction
 
-from convnext_dense.demo import TASKS, prepare_demo_cfg, train_and_report
-from convnext_dense.runner import DatasetNotFoundError
+from convnext_dense.apis.runner import DatasetNotFoundError
+from convnext_dense.demo.run import TASKS, prepare_demo_cfg, train_and_report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

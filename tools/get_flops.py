@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convnext_dense.complexity import model_complexity
-from convnext_dense.runner import load_config
+from convnext_dense.apis.complexity import model_complexity
+from convnext_dense.apis.runner import load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from convnext_dense.demo_data import DATASET_MAKERS
+from convnext_dense.demo.data import DATASET_MAKERS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -9,7 +9,7 @@ import argparse
 import numbers
 import sys
 
-from convnext_dense.runner import (
+from convnext_dense.apis.runner import (
     DatasetNotFoundError,
     add_common_arguments,
     build_runner,

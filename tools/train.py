@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convnext_dense.runner import (
+from convnext_dense.apis.runner import (
     DatasetNotFoundError,
     add_common_arguments,
     build_runner,

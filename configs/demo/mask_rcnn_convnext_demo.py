@@ -4,7 +4,7 @@
 # images, anchors and RoI levels moved one octave down for the small objects (18-50 px).
 _base_ = '../mask_rcnn_convnext_t_coco.py'
 
-# What tools/demo.py generates (convnext_dense.demo_data) at the datasets' data_root.
+# What tools/demo.py generates (convnext_dense.demo.data) at the datasets' data_root.
 demo_dataset = dict(format='coco', num_train=600, num_val=50, image_size=(128, 160), seed=0)
 classes = ('circle', 'square', 'triangle', 'star', 'ring')  # demo_data.DEMO_CLASSES
 num_classes = len(classes)

@@ -3,7 +3,7 @@
 # sliding-window test) scaled down to train on 2 CPU cores in minutes.
 _base_ = '../upernet_convnext_t_ade20k_512.py'
 
-# What tools/demo.py generates (convnext_dense.demo_data) at the datasets' data_root.
+# What tools/demo.py generates (convnext_dense.demo.data) at the datasets' data_root.
 demo_dataset = dict(format='ade20k', num_train=600, num_val=50, image_size=(128, 160), seed=0)
 # background + demo_data.DEMO_CLASSES, and their colours: demo_data.ade20k_metainfo()
 metainfo = dict(

@@ -1,0 +1,293 @@
+"""What tools/train.py and tools/test.py do, for mmdet and mmseg configs alike.
+
+One entry serves both toolboxes: the toolbox is read from the config's
+``default_scope`` (or, failing that, from the model type), the real mmengine
+Runner does the work.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+from .config_files import rescope_package_bases, resolve_config
+from .data_checks import check_coco_dataset
+
+TOOLBOXES = ('mmdet', 'mmseg')
+
+#: What each toolbox's standard datasets expect on disk, for the missing-data message.
+EXPECTED_LAYOUTS = {
+    'CocoDataset': ('COCO', '''data/coco/
+    annotations/instances_train2017.json
+    annotations/instances_val2017.json
+    train2017/*.jpg
+    val2017/*.jpg'''),
+    'ADE20KDataset': ('ADE20K', '''data/ade/ADEChallengeData2016/
+    images/training/*.jpg      annotations/training/*.png
+    images/validation/*.jpg    annotations/validation/*.png'''),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset the config points at is not on disk."""
+
+
+def toolbox_of(cfg: Config) -> str:
+    """Return ``'mmdet'`` or ``'mmseg'`` for a config."""
+    scope = cfg.get('default_scope')
+    if scope in TOOLBOXES:
+        return scope
+    model_type = str(cfg.get('model', {}).get('type', ''))
+    if model_type.startswith(TOOLBOXES):
+        return model_type.split('.')[0]
+    if 'decode_head' in cfg.get('model', {}):
+        return 'mmseg'
+    if model_type:
+        return 'mmdet'
+    raise ValueError(f'{cfg.filename}: cannot tell whether this is an mmdet or mmseg config: '
+                     "set default_scope='mmdet' or 'mmseg'")
+
+
+def load_config(path: str, cfg_options: dict | None = None) -> Config:
+    """Load a config (a file, or a shipped config by name) and apply ``--cfg-options``.
+
+    ``configs/...`` outside a clone and ``convnext_dense::configs/...`` anywhere name the
+    configs shipped in the package; values inherited from ``convnext_dense::`` bases get
+    the toolbox's registry scope (:func:`~convnext_dense.apis.config_files.
+    rescope_package_bases`).
+    """
+    cfg = Config.fromfile(resolve_config(path))
+    if cfg.get('default_scope') in TOOLBOXES or cfg.get('model'):
+        rescope_package_bases(cfg, toolbox_of(cfg))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def _datasets(node: Any, where: str) -> Iterator[tuple[str, dict]]:
+    """Yield ``(location, dataset cfg)`` for every dataset, through wrapper datasets."""
+    if not isinstance(node, dict):
+        return
+    if 'dataset' in node:
+        yield from _datasets(node['dataset'], f'{where}.dataset')
+    if 'datasets' in node:
+        for i, child in enumerate(node['datasets']):
+            yield from _datasets(child, f'{where}.datasets.{i}')
+    if 'dataset' not in node and 'datasets' not in node and 'type' in node:
+        yield where, node
+
+
+def _missing_paths(dataset: dict) -> list[str]:
+    root = dataset.get('data_root') or ''
+    paths = []
+    if root:
+        paths.append(root)
+    if dataset.get('ann_file'):
+        paths.append(osp.join(root, dataset['ann_file']))
+    for value in (dataset.get('data_prefix') or {}).values():
+        if value:
+            paths.append(osp.join(root, value))
+    missing = [p for p in paths if not osp.exists(p)]
+    return missing[:1] if root in missing else missing
+
+
+def _check_coco_files(dataset: dict, where: str, checked: set[tuple[str, str]]) -> None:
+    """Validate a dataset's COCO JSON and the images it lists (once per file and folder)."""
+    root, ann_file = dataset.get('data_root') or '', dataset.get('ann_file') or ''
+    if not ann_file.endswith('.json'):
+        return
+    key = (osp.join(root, ann_file),
+           osp.join(root, (dataset.get('data_prefix') or {}).get('img') or ''))
+    if key not in checked:
+        checked.add(key)
+        check_coco_dataset(*key, where=where)
+
+
+def check_datasets(cfg: Config, dataloaders: tuple[str, ...]) -> None:
+    """Fail with one clear message when a dataset of ``dataloaders`` is not on disk.
+
+    COCO-format annotation files are read and checked too (valid JSON, COCO keys, every
+    listed image present): see :mod:`convnext_dense.data_checks`.
+    """
+    checked: set[tuple[str, str]] = set()
+    for loader in dataloaders:
+        for where, dataset in _datasets(cfg.get(loader) or {}, loader):
+            missing = _missing_paths(dataset)
+            if not missing:
+                _check_coco_files(dataset, f'{where} (in {cfg.filename})', checked)
+                continue
+            name, layout = EXPECTED_LAYOUTS.get(dataset.get('type'),
+                                                (dataset.get('type', 'dataset'), None))
+            message = [f'{name} dataset not found: {where} (in {cfg.filename}) expects '
+                       f'{missing[0]!r}, which does not exist.']
+            if layout:
+                message.append('Expected layout:\n' + textwrap.indent(layout, '    '))
+            message.append(
+                f'Point the config at your copy, e.g. --cfg-options {where}.data_root=PATH '
+                '(and the same for the other dataloaders), or run the built-in demo instead: '
+                '`make demo`.')
+            raise DatasetNotFoundError('\n'.join(message))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options tools/train.py and tools/test.py share (as in mmdet/mmseg)."""
+    from mmengine.config import DictAction
+    parser.add_argument('--work-dir', help='the dir to save logs, checkpoints and metrics')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. '
+                             'train_dataloader.dataset.data_root=data/coco/')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def use_amp(cfg: Config) -> None:
+    """Switch the optimizer wrapper to mmengine's AmpOptimWrapper (``--amp``)."""
+    if cfg.optim_wrapper.get('type') != 'AmpOptimWrapper':
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+
+def fit_optim_wrapper_to_device(cfg: Config) -> None:
+    """mmengine's AmpOptimWrapper needs a GPU: on a CPU-only machine use OptimWrapper (fp32)."""
+    wrapper = cfg.get('optim_wrapper')
+    if wrapper and wrapper.get('type') == 'AmpOptimWrapper' and not torch.cuda.is_available():
+        wrapper.type = 'OptimWrapper'
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+            wrapper.pop(key, None)
+        print_log('No CUDA device: AmpOptimWrapper needs a GPU, training with OptimWrapper '
+                  '(fp32) instead', logger='current')
+
+
+def _replace_sync_bn(node: Any) -> int:
+    """Turn every ``dict(type='SyncBN')`` under ``node`` into BN; return how many."""
+    count = 0
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+            count += 1
+        for value in node.values():
+            count += _replace_sync_bn(value)
+    elif isinstance(node, (list, tuple)):
+        count += sum(_replace_sync_bn(value) for value in node)
+    return count
+
+
+def fit_dist_backend_to_device(cfg: Config) -> None:
+    """Distributed runs without CUDA: gloo instead of NCCL, CPU DDP, BN instead of SyncBN.
+
+    mmengine 0.10 assumes GPUs for ``--launcher pytorch`` (NCCL, ``device_ids``,
+    ``torch.cuda.set_device``); :func:`build_runner` initialises the gloo
+    process group itself so that mmengine does not. Under FlexibleRunner's
+    FSDPStrategy, mmengine passes ``device_id=LOCAL_RANK``, which FSDP takes for a
+    CUDA device: ``device_id='cpu'`` is set instead.
+    """
+    if torch.cuda.is_available():
+        return
+    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    if dist_cfg.get('backend', 'nccl') == 'nccl':
+        dist_cfg['backend'] = 'gloo'
+    if cfg.get('launcher', 'none') == 'none':
+        return
+    strategy = cfg.get('strategy') or {}
+    if strategy.get('type') == 'FSDPStrategy':  # FlexibleRunner: FSDP would default to CUDA
+        fsdp = strategy.get('model_wrapper') or dict(type='MMFullyShardedDataParallel')
+        fsdp.setdefault('device_id', 'cpu')
+        strategy['model_wrapper'] = fsdp
+        print_log(f"No CUDA device: FSDPStrategy shards the model on the CPU (device_id="
+                  f"{fsdp['device_id']!r})", logger='current')
+    wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel',
+                                                     broadcast_buffers=False)
+    wrapper.setdefault('device_ids', None)  # a CPU module takes no device ids
+    cfg.model_wrapper_cfg = wrapper
+    replaced = _replace_sync_bn(cfg.model)
+    print_log('No CUDA device: distributed training with gloo on the CPU'
+              + (f', {replaced} SyncBN layer configs use BN' if replaced else ''),
+              logger='current')
+
+
+def default_work_dir(config_path: str) -> str:
+    return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def prepare_train_cfg(config: str, work_dir: str | None = None, resume: str | bool | None = None,
+                      amp: bool = False, cfg_options: dict | None = None,
+                      launcher: str = 'none') -> Config:
+    """Build the training config as mmdet's/mmseg's tools/train.py would."""
+    cfg = load_config(config, cfg_options)
+    cfg.launcher = launcher
+    cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(config)
+    if amp:
+        use_amp(cfg)
+    fit_optim_wrapper_to_device(cfg)
+    fit_dist_backend_to_device(cfg)
+    if resume == 'auto' or resume is True:
+        cfg.resume, cfg.load_from = True, None
+    elif resume:
+        cfg.resume, cfg.load_from = True, resume
+    check_datasets(cfg, ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg')
+                   else ('train_dataloader',))
+    return cfg
+
+
+def prepare_test_cfg(config: str, checkpoint: str, work_dir: str | None = None,
+                     show_dir: str | None = None, tta: bool = False,
+                     cfg_options: dict | None = None, launcher: str = 'none') -> Config:
+    """Build the test config as mmdet's/mmseg's tools/test.py would."""
+    cfg = load_config(config, cfg_options)
+    toolbox = toolbox_of(cfg)
+    cfg.launcher = launcher
+    cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(config)
+    cfg.load_from = checkpoint
+    fit_dist_backend_to_device(cfg)
+    if show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise ValueError(f'{config}: --show-dir needs default_hooks.visualization')
+        hook.draw = True
+        if toolbox == 'mmdet':
+            hook.test_out_dir = show_dir
+        else:
+            cfg.visualizer.save_dir = show_dir
+    if tta:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise ValueError(f'{config}: --tta needs tta_model and tta_pipeline in the config')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    check_datasets(cfg, ('test_dataloader',))
+    return cfg
+
+
+def build_runner(cfg: Config):
+    """The real mmengine Runner (or a custom ``runner_type``) for ``cfg``.
+
+    The project's tools run with :func:`~convnext_dense.engine.runtime_fixes.
+    enable_runtime_fixes` on: mmengine checkpoints load under torch's safe loading, and
+    checkpoints are written atomically.
+    """
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from ..engine.runtime_fixes import enable_runtime_fixes
+    enable_runtime_fixes()
+    os.makedirs(cfg.work_dir, exist_ok=True)
+    if cfg.get('launcher', 'none') == 'pytorch' and not torch.cuda.is_available():
+        import torch.distributed as dist
+        if not dist.is_initialized():  # mmengine's init_dist would call torch.cuda.set_device
+            dist.init_process_group(backend=cfg.env_cfg.dist_cfg.get('backend', 'gloo'))
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+__all__ = ['DatasetNotFoundError', 'build_runner', 'check_datasets',
+           'fit_optim_wrapper_to_device', 'load_config', 'prepare_test_cfg',
+           'prepare_train_cfg', 'toolbox_of']

@@ -1,0 +1,103 @@
+"""Opt-in fixes to mmengine 0.10 on this stack, turned on by one switch.
+
+``import convnext_dense`` only registers modules. Two problems of mmengine 0.10
+with current torch need a change to mmengine's (or torch's) global behaviour,
+so they are switched on explicitly, by :func:`enable_runtime_fixes`:
+
+1. **Safe loading of mmengine checkpoints** (torch >= 2.6 loads with
+   ``weights_only=True``; mmengine's training checkpoints hold a ``MessageHub``
+   state and numpy values, so ``--resume``/``load_from`` fail): the exact
+   globals they need are added to torch's weights-only allow-list (see
+   :mod:`convnext_dense.checkpoint.safe_loading`); safe loading stays on.
+2. **Atomic checkpoint writes**: mmengine's ``save_checkpoint`` writes the file in
+   place, so a run killed while saving leaves a truncated ``epoch_N.pth`` that
+   ``--resume`` then picks. With the fix, checkpoints saved to local paths are
+   written to a temporary file and renamed into place. Only checkpoints: other
+   writes of mmengine's file backends are untouched.
+
+The project's ``tools/`` turn the switch on. With mmdet's or mmseg's own
+``tools/train.py``, turn it on from the config::
+
+    custom_imports = dict(imports=['convnext_dense', 'convnext_dense.enable_fixes'],
+                          allow_failed_imports=False)
+
+or call ``convnext_dense.enable_runtime_fixes()`` in your own script.
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Callable
+
+from ..checkpoint.safe_loading import allow_mmengine_checkpoints
+from ..utils import atomic_file
+
+#: Where mmengine 0.10 binds ``save_checkpoint`` under its own name: the defining module,
+#: the ``mmengine.runner`` package (CheckpointHook imports it from there at call time) and
+#: the Runner's module (imported at module level).
+SAVE_CHECKPOINT_MODULES = ('mmengine.runner.checkpoint', 'mmengine.runner',
+                           'mmengine.runner.runner')
+_MARK = '_convnext_dense_atomic'
+
+
+def _is_local(filename: str, backend_args: dict | None) -> bool:
+    from mmengine.fileio import get_file_backend
+    from mmengine.fileio.backends import LocalBackend
+    if str(filename).startswith('pavi://'):
+        return False
+    return isinstance(get_file_backend(filename, backend_args=backend_args), LocalBackend)
+
+
+def atomic_save_checkpoint(original: Callable[..., None]) -> Callable[..., None]:
+    """Wrap mmengine's ``save_checkpoint``: local files appear only once complete."""
+
+    def save_checkpoint(checkpoint: Any, filename: str, file_client_args: dict | None = None,
+                        backend_args: dict | None = None) -> None:
+        if file_client_args is not None or not _is_local(filename, backend_args):
+            return original(checkpoint, filename, file_client_args, backend_args)
+        import torch
+        with io.BytesIO() as buffer:  # serialise first, as mmengine does: no file on error
+            torch.save(checkpoint, buffer)
+            with atomic_file(os.fspath(filename)) as f:
+                f.write(buffer.getbuffer())
+        return None
+
+    save_checkpoint.__doc__ = original.__doc__
+    save_checkpoint.__wrapped__ = original
+    setattr(save_checkpoint, _MARK, True)
+    return save_checkpoint
+
+
+def make_checkpoint_saves_atomic() -> None:
+    """Bind the atomic ``save_checkpoint`` wherever mmengine looks it up (idempotent)."""
+    import importlib
+    modules = [importlib.import_module(name) for name in SAVE_CHECKPOINT_MODULES]
+    original = modules[0].save_checkpoint
+    if getattr(original, _MARK, False):
+        return
+    wrapped = atomic_save_checkpoint(original)
+    for module in modules:
+        if getattr(module, 'save_checkpoint', None) is original:
+            module.save_checkpoint = wrapped
+
+
+def runtime_fixes_enabled() -> dict[str, bool]:
+    """Which fixes are on in this process (for logs and tests)."""
+    import mmengine.runner.checkpoint as ckpt
+    from torch.serialization import get_safe_globals
+
+    from ..checkpoint.safe_loading import mmengine_safe_globals
+    allowed = {id(g[0] if isinstance(g, tuple) else g) for g in get_safe_globals()}
+    return dict(
+        safe_mmengine_checkpoints=all(id(g[0] if isinstance(g, tuple) else g) in allowed
+                                      for g in mmengine_safe_globals()),
+        atomic_checkpoints=getattr(ckpt.save_checkpoint, _MARK, False))
+
+
+def enable_runtime_fixes() -> None:
+    """Turn on both fixes of this module for the whole process (idempotent)."""
+    allow_mmengine_checkpoints()
+    make_checkpoint_saves_atomic()
+
+
+__all__ = ['enable_runtime_fixes', 'make_checkpoint_saves_atomic', 'runtime_fixes_enabled']

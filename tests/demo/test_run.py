@@ -1,0 +1,223 @@
+"""convnext_dense.demo.run and configs/demo/: the demo configs are the paper's recipes scaled down,
+and a short demo run trains a model that beats the untrained one on the val split."""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from mmengine.config import Config
+
+from convnext_dense.apis.runner import build_runner
+from convnext_dense.demo.data import DEMO_CLASSES, ade20k_metainfo, make_coco_dataset
+from convnext_dense.demo.run import (
+    TASKS,
+    data_root_options,
+    plot_curves,
+    prepare_demo_cfg,
+    read_scalars,
+    train_and_report,
+)
+from tests.conftest import REPO
+
+DEMO_CONFIGS = {  # demo config -> the paper's config it must inherit
+    'det': ('configs/demo/mask_rcnn_convnext_demo.py', 'configs/mask_rcnn_convnext_t_coco.py'),
+    'seg': ('configs/demo/upernet_convnext_demo.py', 'configs/upernet_convnext_t_ade20k_512.py'),
+}
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+def transform_types(pipeline: list) -> list:
+    """Transform types of a pipeline, with AutoAugment's policies spelled out."""
+    types = []
+    for transform in pipeline:
+        policies = transform.get('policies')
+        types.append((transform['type'], [[t['type'] for t in policy] for policy in policies])
+                     if policies else transform['type'])
+    return types
+
+
+def base_of(config: str) -> str:
+    """The ``_base_`` the config file names."""
+    tree = ast.parse((REPO / config).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == '_base_':
+            return ast.literal_eval(node.value)
+    raise AssertionError(f'{config} has no _base_')
+
+
+# --- the configs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('task', sorted(DEMO_CONFIGS))
+def test_demo_config_inherits_the_papers_recipe(task):
+    demo_path, paper_path = DEMO_CONFIGS[task]
+    assert TASKS[task].config == demo_path
+    assert (REPO / demo_path).parent.joinpath(base_of(demo_path)).resolve() == REPO / paper_path
+    demo, paper = (Config.fromfile(str(REPO / p)) for p in (demo_path, paper_path))
+    assert demo.model.type == paper.model.type
+    assert demo.model.backbone.type == 'ConvNeXt' and demo.model.backbone.init_cfg is None
+    assert demo.model.backbone.arch in ('atto', 'femto', 'pico')
+    for key in ('type', 'constructor'):
+        assert demo.optim_wrapper[key] == paper.optim_wrapper[key]
+    assert demo.optim_wrapper.type == 'AmpOptimWrapper'
+    assert demo.optim_wrapper.optimizer.type == 'AdamW'
+    decay_type = paper.optim_wrapper.paramwise_cfg.decay_type
+    assert demo.optim_wrapper.paramwise_cfg.decay_type == decay_type
+    assert [s.type for s in demo.param_scheduler] == [s.type for s in paper.param_scheduler]
+    assert demo.train_cfg.type == paper.train_cfg.type
+    for loader in LOADERS:
+        assert (transform_types(demo[loader].dataset.pipeline)
+                == transform_types(paper[loader].dataset.pipeline))
+        assert demo[loader].num_workers <= 1
+        assert demo[loader].dataset.data_root.rstrip('/') == f'data/demo/{demo.demo_dataset.format}'
+    assert demo.val_evaluator.type == paper.val_evaluator.type
+
+
+def test_detection_demo_config_keeps_the_crop_policy_and_names_the_demo_classes():
+    cfg = Config.fromfile(str(REPO / DEMO_CONFIGS['det'][0]))
+    policies = cfg.train_dataloader.dataset.pipeline[3].policies
+    assert policies[1][1].type == 'RandomCrop' and policies[1][1].crop_type == 'absolute_range'
+    height, width = cfg.demo_dataset.image_size
+    assert max(max(s) for p in policies for t in p for s in t.get('scales', [])) <= 2 * width
+    for loader in LOADERS:
+        assert tuple(cfg[loader].dataset.metainfo.classes) == DEMO_CLASSES
+    assert cfg.model.roi_head.bbox_head.num_classes == len(DEMO_CLASSES)
+    assert cfg.model.roi_head.mask_head.num_classes == len(DEMO_CLASSES)
+    assert cfg.val_evaluator.ann_file == 'data/demo/coco/annotations/instances_val.json'
+
+
+def test_segmentation_demo_config_names_background_and_the_demo_classes():
+    cfg = Config.fromfile(str(REPO / DEMO_CONFIGS['seg'][0]))
+    expected = ade20k_metainfo()
+    for loader in LOADERS:
+        dataset = cfg[loader].dataset
+        assert dataset.type == 'BaseSegDataset' and dataset.reduce_zero_label
+        assert tuple(dataset.metainfo.classes) == expected['classes']
+        assert [list(c) for c in dataset.metainfo.palette] == expected['palette']
+    assert cfg.model.decode_head.num_classes == len(DEMO_CLASSES) + 1
+    assert cfg.model.auxiliary_head.num_classes == len(DEMO_CLASSES) + 1
+
+
+@pytest.mark.parametrize('task', sorted(DEMO_CONFIGS))
+def test_demo_model_and_layer_decay_optimizer_build(task):
+    """The constructor accepts the small backbone (num_layers >= its largest layer id)."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
+
+    import convnext_dense  # noqa: F401
+    cfg = Config.fromfile(str(REPO / DEMO_CONFIGS[task][0]))
+    scope = cfg.default_scope
+    with DefaultScope.overwrite_default_scope(scope):
+        from mmengine.registry import MODELS
+        model = MODELS.build(cfg.model)
+        fp32 = {k: v for k, v in cfg.optim_wrapper.items() if k != 'loss_scale'}
+        wrapper = build_optim_wrapper(model, dict(fp32, type='OptimWrapper'))
+    num_params = sum(p.numel() for p in model.parameters())
+    assert num_params < 10e6
+    assert sum(p.numel() for g in wrapper.optimizer.param_groups for p in g['params']) == (
+        num_params)
+
+
+# --- data and outputs -------------------------------------------------------------------------
+
+
+def test_prepare_generates_the_data_and_points_every_loader_at_it(tmp_path):
+    small = {'demo_dataset.num_train': 3, 'demo_dataset.num_val': 2}
+    cfg = prepare_demo_cfg('det', tmp_path / 'work', data_root=tmp_path / 'coco',
+                           cfg_options=small)
+    root = f'{tmp_path / "coco"}/'
+    assert [cfg[loader].dataset.data_root for loader in LOADERS] == [root] * 3
+    for evaluator in ('val_evaluator', 'test_evaluator'):
+        assert cfg[evaluator].ann_file == root + 'annotations/instances_val.json'
+    assert len(list((tmp_path / 'coco' / 'train').glob('*.jpg'))) == 3
+    assert cfg.work_dir == str(tmp_path / 'work' / 'mask_rcnn')
+    assert cfg.optim_wrapper.type in ('OptimWrapper', 'AmpOptimWrapper')
+    # a second call finds the data as it is
+    again = prepare_demo_cfg('det', tmp_path / 'work', data_root=tmp_path / 'coco',
+                             cfg_options=small)
+    assert again.train_dataloader.dataset.data_root == root
+
+
+def test_prepare_refuses_a_folder_with_other_content(tmp_path):
+    make_coco_dataset(tmp_path / 'coco', num_train=2, num_val=1, seed=5)
+    with pytest.raises(FileExistsError, match='other settings'):
+        prepare_demo_cfg('det', tmp_path / 'work', data_root=tmp_path / 'coco')
+
+
+def test_unknown_task_is_named():
+    with pytest.raises(ValueError, match=r"task must be one of \['det', 'seg'\], got 'cls'"):
+        prepare_demo_cfg('cls')
+
+
+def test_data_root_options_move_the_annotation_file():
+    cfg = Config(dict(
+        train_dataloader=dict(dataset=dict(data_root='data/demo/coco/')),
+        val_dataloader=dict(dataset=dict(data_root='data/demo/coco/')),
+        val_evaluator=dict(ann_file='data/demo/coco/annotations/instances_val.json')))
+    assert data_root_options(cfg, '/x/coco') == {
+        'train_dataloader.dataset.data_root': '/x/coco/',
+        'val_dataloader.dataset.data_root': '/x/coco/',
+        'val_evaluator.ann_file': '/x/coco/annotations/instances_val.json'}
+
+
+def test_plot_curves_reads_mmengine_scalars(tmp_path):
+    records = [dict(loss=2.0 - i / 10, loss_cls=1.0, lr=1e-3, step=10 * i, iter=10 * i)
+               for i in range(1, 11)]
+    records.insert(5, {'coco/bbox_mAP': 0.2, 'coco/segm_mAP': 0.1, 'step': 1})
+    records.append({'coco/bbox_mAP': 0.5, 'coco/segm_mAP': 0.4, 'step': 2})
+    scalars = tmp_path / 'scalars.json'
+    scalars.write_text(''.join(json.dumps(r) + '\n' for r in records))
+    train, val = read_scalars(scalars)
+    assert len(train) == 10 and [r['step'] for r in val] == [1, 2]
+    out = plot_curves(scalars, tmp_path / 'curves.png', ('coco/bbox_mAP', 'coco/segm_mAP'),
+                      iters_per_val_step=50)
+    image = cv2.imread(str(out))
+    assert image is not None and image.shape[0] > 200 and image.std() > 10
+
+
+# --- short runs: the trained model beats the untrained one -------------------------------------
+
+
+def untrained_metrics(cfg: Config) -> dict:
+    """The config's evaluator on the val split, for the model as initialised for training."""
+    cfg = cfg.copy()
+    cfg.work_dir = str(Path(cfg.work_dir).parent / 'untrained')
+    runner = build_runner(cfg)
+    runner.model.init_weights()
+    return runner.val()
+
+
+def check_outputs(result, num_val: int) -> dict:
+    saved = json.loads(result.metrics_file.read_text())
+    assert saved['metrics'] == pytest.approx(result.metrics)
+    assert saved['num_images'] == num_val
+    grid = cv2.imread(str(result.predictions_file))
+    height, width = 128, 160  # image size of the small datasets below
+    assert grid.shape[0] > 4 * height and grid.shape[1] > 4 * width  # 4 rows of 2 pairs
+    curves = cv2.imread(str(result.curves_file))
+    assert curves is not None and curves.std() > 10
+    assert result.checkpoint is not None and result.checkpoint.is_file()
+    return saved
+
+
+SMALL_DATA = {'demo_dataset.num_train': 160, 'demo_dataset.num_val': 8}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('task, metric, margin, finite', [
+    ('det', 'coco/bbox_mAP_50', 0.2, ()),
+    ('seg', 'mIoU', 20, ('aAcc',)),
+])
+def test_short_demo_beats_the_untrained_model(tmp_path, task, metric, margin, finite):
+    cfg = prepare_demo_cfg(task, tmp_path / 'work', quick=True, data_root=tmp_path / 'data',
+                           cfg_options=dict(SMALL_DATA))
+    before = untrained_metrics(cfg)
+    result = train_and_report(task, cfg)
+    check_outputs(result, 8)
+    assert result.metrics[metric] >= before[metric] + margin, (before, result.metrics)
+    for key in finite:
+        assert np.isfinite(result.metrics[key])

@@ -1,0 +1,141 @@
+"""The opt-in runtime fixes: off after a plain import, on by one switch, and what they do."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+#: Prints what a process has changed in mmengine and torch, as JSON.
+PROBE = """
+import json, torch
+import mmengine.fileio.backends.local_backend as local_backend
+import mmengine.runner, mmengine.runner.checkpoint as ckpt, mmengine.runner.runner as runner_mod
+from mmengine.fileio.backends import LocalBackend
+def allowed():  # torch's own modules allow-list their classes as they are imported
+    return [repr(g) for g in torch.serialization.get_safe_globals()
+            if not getattr(g[0] if isinstance(g, tuple) else g, '__module__', '').startswith(
+                'torch')]
+before = allowed()
+{action}
+from convnext_dense.engine.runtime_fixes import runtime_fixes_enabled
+print(json.dumps(dict(
+    safe_globals_added=[g for g in allowed() if g not in before],
+    local_put_is_mmengines=LocalBackend.put.__module__ == local_backend.__name__,
+    save_checkpoint_modules=sorted({{f.__module__ for f in (
+        ckpt.save_checkpoint, mmengine.runner.save_checkpoint, runner_mod.save_checkpoint)}}),
+    enabled=runtime_fixes_enabled())))
+"""
+
+
+def probe(action: str) -> dict:
+    result = subprocess.run([sys.executable, '-c', PROBE.format(action=action)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_plain_import_changes_nothing_in_mmengine_or_torch():
+    state = probe('import convnext_dense, mmdet.registry, mmseg.registry\n'
+                  'from mmdet.registry import MODELS\n'
+                  "MODELS.build(dict(type='ConvNeXt', arch='atto'))")
+    assert state['safe_globals_added'] == []
+    assert state['local_put_is_mmengines']
+    assert state['save_checkpoint_modules'] == ['mmengine.runner.checkpoint']
+    assert state['enabled'] == dict(safe_mmengine_checkpoints=False, atomic_checkpoints=False)
+
+
+@pytest.mark.parametrize('switch', ['import convnext_dense.enable_fixes',
+                                    'import convnext_dense; convnext_dense.enable_runtime_fixes();'
+                                    ' convnext_dense.enable_runtime_fixes()'])
+def test_the_switch_turns_on_both_fixes_and_only_for_checkpoints(switch):
+    state = probe(switch)
+    assert state['enabled'] == dict(safe_mmengine_checkpoints=True, atomic_checkpoints=True)
+    assert any('HistoryBuffer' in g for g in state['safe_globals_added'])
+    assert state['local_put_is_mmengines']  # other writes of mmengine are untouched
+    assert state['save_checkpoint_modules'] == ['convnext_dense.engine.runtime_fixes']
+
+
+def test_checkpoints_are_written_atomically_with_the_fixes_on(tmp_path, monkeypatch):
+    from convnext_dense import enable_runtime_fixes
+    enable_runtime_fixes()
+    from mmengine.runner import save_checkpoint  # where CheckpointHook looks it up
+
+    dst = tmp_path / 'epoch_1.pth'
+    dst.write_bytes(b'previous checkpoint')
+
+    def die(fd):
+        raise OSError('killed while saving')
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, 'fsync', die)
+        with pytest.raises(OSError, match='killed while saving'):
+            save_checkpoint({'state_dict': {'w': torch.ones(3)}}, str(dst))
+    assert dst.read_bytes() == b'previous checkpoint'
+    assert [p.name for p in tmp_path.iterdir()] == ['epoch_1.pth']  # no temporary left
+    save_checkpoint({'state_dict': {'w': torch.ones(3)}}, str(dst))
+    assert torch.load(dst, weights_only=True)['state_dict']['w'].tolist() == [1.0] * 3
+    assert dst.stat().st_mode & 0o644 == 0o644  # readable like any other file
+
+
+def mmdet_train_script() -> Path:
+    import mmdet
+    script = Path(mmdet.__file__).parent / '.mim' / 'tools' / 'train.py'
+    assert script.is_file(), f'mmdet wheel without its tools: {script}'
+    return script
+
+
+def user_config(tmp_path: Path, imports: list[str]) -> Path:
+    """A user's config as mmdet's own train.py runs it: our config, CPU-sized, fp32."""
+    config = tmp_path / f'user_{len(imports)}.py'
+    config.write_text(
+        f"_base_ = [{str(REPO / 'configs' / 'mask_rcnn_convnext_t_coco.py')!r}]\n"
+        f'custom_imports = dict(imports={imports!r}, allow_failed_imports=False)\n'
+        "optim_wrapper = dict(_delete_=True, type='OptimWrapper',\n"
+        "    constructor='ConvNeXtLayerDecayOptimizerConstructor',\n"
+        "    optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.05),\n"
+        "    paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise', num_layers=6))\n"
+        "model = dict(backbone=dict(arch='atto'), neck=dict(in_channels=[40, 80, 160, 320]))\n")
+    return config
+
+
+@pytest.mark.slow
+def test_switch_from_a_config_with_mmdets_own_train_py(tmp_path):
+    from convnext_dense.demo.data import make_coco_dataset
+    from tests.test_tools_e2e import coco_options
+    root = make_coco_dataset(tmp_path / 'coco', num_train=2, num_val=1, image_size=(96, 128))
+    options = coco_options(root, ['model.roi_head.bbox_head.num_classes',
+                                  'model.roi_head.mask_head.num_classes'], crop_branch=False)
+    options = [o for o in options if not o.startswith('train_cfg.max_epochs')] + [
+        'train_dataloader.batch_size=1', 'val_cfg=None', 'val_dataloader=None',
+        'val_evaluator=None']
+    script = mmdet_train_script()
+
+    def train(config: Path, work_dir: Path, epochs: int, *extra: str):
+        return subprocess.run(
+            [sys.executable, str(script), str(config), '--work-dir', str(work_dir), *extra,
+             '--cfg-options', f'train_cfg.max_epochs={epochs}', *options],
+            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+
+    with_switch = user_config(tmp_path, ['convnext_dense', 'convnext_dense.enable_fixes'])
+    work = tmp_path / 'work'
+    first = train(with_switch, work, 1)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert (work / 'epoch_1.pth').is_file()
+    resumed = train(with_switch, work, 2, '--resume')
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-4000:]
+    assert 'resumed epoch: 1, iter: 2' in log
+    assert torch.load(work / 'epoch_2.pth', weights_only=True)['meta']['epoch'] == 2
+
+    # Without the switch, mmengine 0.10 cannot resume under torch >= 2.6's safe loading.
+    without = user_config(tmp_path, ['convnext_dense'])
+    failed = train(without, work, 3, '--resume')
+    assert failed.returncode != 0
+    assert 'Weights only load failed' in failed.stdout + failed.stderr
