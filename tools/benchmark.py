@@ -16,17 +16,11 @@ import signal
 import sys
 from pathlib import Path
 
-from convnext_dense.benchmark import (
-    ARCH_ALIASES,
-    IMPLS,
-    MODES,
-    OPTIONS,
-    Results,
-    Settings,
-    render_markdown,
-    run,
-)
-from convnext_dense.checkpoint_io import atomic_file
+from convnext_dense.benchmark.baselines import ARCH_ALIASES, IMPLS, OPTIONS
+from convnext_dense.benchmark.measure import MODES
+from convnext_dense.benchmark.report import render_markdown
+from convnext_dense.benchmark.suite import Results, Settings, run
+from convnext_dense.utils import atomic_file
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -1,0 +1,8 @@
+"""Speed and memory benchmark of the backbone against timm, mmpretrain and the official design.
+
+Modules, each importing only those before it: :mod:`.baselines` (what is measured: the
+implementations, the official design among them), :mod:`.measure` (how: timing, FLOPs, the
+matmul ceiling, profiles, peak memory in a fresh process), :mod:`.suite` (a run: settings,
+results, orchestration) and :mod:`.report` (targets and markdown). ``tools/benchmark.py`` is
+the command line. Imported where used; ``import convnext_dense`` does not load it.
+"""
