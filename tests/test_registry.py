@@ -10,16 +10,13 @@ import mmseg.models  # noqa: F401  (registers mmseg's models)
 import pytest
 import torch
 from mmdet.registry import MODELS as MMDET_MODELS
-from mmdet.structures import DetDataSample
-from mmdet.structures.mask import BitmapMasks
 from mmengine.registry import DefaultScope, Registry
-from mmengine.structures import InstanceData, PixelData
 from mmseg.registry import MODELS as MMSEG_MODELS
-from mmseg.structures import SegDataSample
 
 import convnext_dense
 from convnext_dense import ConvNeXt
 from convnext_dense.registry import register
+from tests.batches import mask_rcnn_batch, upernet_batch
 from tests.conftest import load_packaged_config
 
 ATTO_DIMS = [40, 80, 160, 320]
@@ -53,16 +50,7 @@ def test_mask_rcnn_with_convnext_trains_and_predicts(tmp_path):
     model.init_weights()
     assert isinstance(model.backbone, ConvNeXt)
 
-    image = torch.randint(0, 255, (3, 128, 160), dtype=torch.uint8)
-    sample = DetDataSample(metainfo=dict(img_shape=(128, 160), ori_shape=(128, 160),
-                                         scale_factor=(1.0, 1.0), pad_shape=(128, 160),
-                                         batch_input_shape=(128, 160)))
-    mask = torch.zeros(1, 128, 160, dtype=torch.bool)
-    mask[:, 20:80, 30:100] = True
-    sample.gt_instances = InstanceData(bboxes=torch.tensor([[30., 20., 100., 80.]]),
-                                       labels=torch.tensor([3]),
-                                       masks=BitmapMasks(mask.numpy(), 128, 160))
-    data = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), training=True)
+    data = mask_rcnn_batch(model)
     model.train()
     losses = model(**data, mode='loss')
     total, _ = model.parse_losses(losses)
@@ -71,7 +59,7 @@ def test_mask_rcnn_with_convnext_trains_and_predicts(tmp_path):
     assert model.backbone.stages[0][0].dwconv.weight.grad is not None
 
     model.eval()
-    data = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), training=False)
+    data = mask_rcnn_batch(model, training=False)
     with torch.no_grad():
         result = model(**data, mode='predict')[0]
     assert 'bboxes' in result.pred_instances
@@ -88,15 +76,7 @@ def test_upernet_with_convnext_trains(tmp_path):
     cfg.model.data_preprocessor.size = (64, 64)
     with DefaultScope.overwrite_default_scope('mmseg'):
         model = MMSEG_MODELS.build(cfg.model).train()
-    images = [torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8) for _ in range(2)]
-    num_classes = cfg.model.decode_head.num_classes
-    samples = []
-    for _ in range(2):
-        sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64),
-                                             pad_shape=(64, 64)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, 64, 64)))
-        samples.append(sample)
-    data = model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
+    data = upernet_batch(model)
     losses = model(**data, mode='loss')
     total, _ = model.parse_losses(losses)
     total.backward()

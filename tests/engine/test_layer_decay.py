@@ -10,16 +10,12 @@ import pytest
 import torch
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMDET_CONSTRUCTORS
-from mmdet.structures import DetDataSample
-from mmdet.structures.mask import BitmapMasks
 from mmengine.logging import MMLogger
 from mmengine.optim import AmpOptimWrapper, OptimWrapper, build_optim_wrapper
 from mmengine.optim.optimizer import amp_optimizer_wrapper
 from mmengine.registry import DefaultScope
-from mmengine.structures import InstanceData, PixelData
 from mmseg.registry import MODELS as MMSEG_MODELS
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMSEG_CONSTRUCTORS
-from mmseg.structures import SegDataSample
 from torch import nn
 
 import convnext_dense
@@ -27,6 +23,7 @@ from convnext_dense import ConvNeXt
 from convnext_dense.engine import layer_decay
 from convnext_dense.engine.layer_decay import ConvNeXtLayerDecayOptimizerConstructor, get_layer_id
 from convnext_dense.registry import register_in_toolboxes
+from tests.batches import mask_rcnn_batch, upernet_batch
 from tests.conftest import load_packaged_config
 
 TINY_DIMS = [96, 192, 384, 768]
@@ -473,31 +470,6 @@ def test_custom_keys_multiply_on_top(mask_rcnn):
 
 
 # --- training steps --------------------------------------------------------------------------
-
-def mask_rcnn_batch(model: nn.Module) -> dict:
-    image = torch.randint(0, 255, (3, 128, 160), dtype=torch.uint8)
-    sample = DetDataSample(metainfo=dict(img_shape=(128, 160), ori_shape=(128, 160),
-                                         scale_factor=(1.0, 1.0), pad_shape=(128, 160),
-                                         batch_input_shape=(128, 160)))
-    mask = torch.zeros(1, 128, 160, dtype=torch.bool)
-    mask[:, 20:80, 30:100] = True
-    sample.gt_instances = InstanceData(bboxes=torch.tensor([[30., 20., 100., 80.]]),
-                                       labels=torch.tensor([3]),
-                                       masks=BitmapMasks(mask.numpy(), 128, 160))
-    return model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), training=True)
-
-
-def upernet_batch(model: nn.Module) -> dict:
-    images = [torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8) for _ in range(2)]
-    num_classes = model.decode_head.num_classes
-    samples = []
-    for _ in range(2):
-        sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64),
-                                             pad_shape=(64, 64)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, 64, 64)))
-        samples.append(sample)
-    return model.data_preprocessor(dict(inputs=images, data_samples=samples), training=True)
-
 
 def train_step_moves_each_group_by_its_lr(model: nn.Module, optim_wrapper: OptimWrapper,
                                           data: dict) -> None:
