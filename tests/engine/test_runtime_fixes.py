@@ -132,7 +132,9 @@ def test_switch_from_a_config_with_mmdets_own_train_py(tmp_path):
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-4000:]
     assert 'resumed epoch: 1, iter: 2' in log
-    assert torch.load(work / 'epoch_2.pth', weights_only=True)['meta']['epoch'] == 2
+    from convnext_dense.checkpoint.safe_loading import mmengine_safe_globals
+    with torch.serialization.safe_globals(mmengine_safe_globals()):  # this process only
+        assert torch.load(work / 'epoch_2.pth', weights_only=True)['meta']['epoch'] == 2
 
     # Without the switch, mmengine 0.10 cannot resume under torch >= 2.6's safe loading.
     without = user_config(tmp_path, ['convnext_dense'])
