@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from convnext_dense.checkpoint.safe_loading import mmengine_safe_globals
 from convnext_dense.demo.data import make_coco_dataset
 from tests.test_tools_e2e import REPO, coco_options, run_tool
 
@@ -43,6 +44,7 @@ def test_killed_training_resumes_with_its_counters_and_schedule(tmp_path):
     assert 'Epoch(train) [1]' not in resumed  # it did not start again
     # The warm-up continues (iteration k trains at k * 1e-7); a restart would show 1e-7 again.
     assert 'Epoch(train) [2][1/4]  base_lr: 5.0000e-07' in resumed
-    final = torch.load(work_dir / 'epoch_3.pth', weights_only=True)
+    with torch.serialization.safe_globals(mmengine_safe_globals()):  # this process only
+        final = torch.load(work_dir / 'epoch_3.pth', weights_only=True)
     assert (final['meta']['epoch'], final['meta']['iter']) == (3, 12)
     assert final['optimizer']['state']  # AdamW moments were carried over and kept updating
