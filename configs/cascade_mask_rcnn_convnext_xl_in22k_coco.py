@@ -1,4 +1,4 @@
-# Cascade Mask R-CNN, ConvNeXt-XL (ImageNet-22K), COCO 3x.
+# Cascade Mask R-CNN, ConvNeXt-XL (ImageNet-22K), COCO 3x, fp32 as L.
 _base_ = './cascade_mask_rcnn_convnext_l_in22k_coco.py'
 
 model = dict(

@@ -26,3 +26,19 @@ model = dict(
     backbone=dict(
         init_cfg=dict(checkpoint='https://dl.fbaipublicfiles.com/convnext/convnext_base_22k_224.pth')),
     test_cfg=dict(crop_size=crop_size, stride=(426, 426)))
+
+# The release's multi-scale + flip test at the 640 configs' test scale (2560, 640): ratios
+# 0.5..1.75 of it, whole images (the base's tta_model).
+img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+tta_scale = (2560, 640)
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=(int(tta_scale[0] * r), int(tta_scale[1] * r)),
+              keep_ratio=True) for r in img_ratios],
+        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
+        [dict(type='LoadAnnotations')],
+        [dict(type='PackSegInputs')],
+    ]),
+]

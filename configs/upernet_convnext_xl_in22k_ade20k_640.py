@@ -1,4 +1,4 @@
-# UperNet, ConvNeXt-XL (ImageNet-22K), ADE20K 160k at 640x640.
+# UperNet, ConvNeXt-XL (ImageNet-22K), ADE20K 160k at 640x640, fp32 as L.
 _base_ = './upernet_convnext_l_in22k_ade20k_640.py'
 
 model = dict(

@@ -3,7 +3,8 @@
 ``import convnext_dense`` (or ``custom_imports=dict(imports=['convnext_dense'])``
 in a config) registers modules and changes nothing else:
 
-- ``ConvNeXt`` in the model registry of each installed toolbox (mmdet, mmseg);
+- ``ConvNeXt`` in the model registry of each installed toolbox (mmdet, mmseg), and
+  ``SegTTAModelWithTestCfg`` (test-time augmentation with its own inference mode) in mmseg's;
 - ``ConvNeXtLayerDecayOptimizerConstructor`` in their optimizer-wrapper-constructor
   registries;
 - ``ReplicaSyncCheckHook`` in mmengine's hook registry and the ``ConvNeXtPretrained``
@@ -31,11 +32,13 @@ from .engine.layer_decay import (
 )
 from .engine.runtime_fixes import enable_runtime_fixes
 from .models.backbone import ARCH_SETTINGS, ConvNeXt
+from .models.seg_tta import SegTTAModelWithTestCfg
 from .registry import register, register_config_scope, register_in_toolboxes, register_models
 
 __version__ = '0.2.0'
 
 REGISTERED_SCOPES = register_models(ConvNeXt)
+register_models(SegTTAModelWithTestCfg, toolboxes=('mmseg',))
 register_in_toolboxes('OPTIM_WRAPPER_CONSTRUCTORS', ConvNeXtLayerDecayOptimizerConstructor)
 # once, in mmengine's root registry: mmdet's and mmseg's HOOKS look it up there
 register(HOOKS, ReplicaSyncCheckHook)
@@ -44,4 +47,5 @@ register_config_scope()
 
 __all__ = ['ARCH_SETTINGS', 'ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor',
            'ConvNeXtPretrainedInit', 'REGISTERED_SCOPES', 'ReplicaSyncCheckHook',
+           'SegTTAModelWithTestCfg',
            '__version__', 'enable_runtime_fixes', 'get_layer_id', 'get_lr_scale']

@@ -20,10 +20,13 @@ DISTRIBUTION = 'convnext_dense'
 TOOLBOX_REGISTRY_MODULES = ('mmdet.registry', 'mmseg.registry')
 
 
-def installed_registry_modules() -> list[ModuleType]:
-    """Return the ``registry`` modules of the installed toolboxes."""
+def installed_registry_modules(toolboxes: tuple[str, ...] = ('mmdet', 'mmseg')
+                               ) -> list[ModuleType]:
+    """Return the ``registry`` modules of the installed ``toolboxes``."""
     modules = []
     for name in TOOLBOX_REGISTRY_MODULES:
+        if name.split('.')[0] not in toolboxes:
+            continue
         try:
             modules.append(importlib.import_module(name))
         except ModuleNotFoundError as exc:
@@ -45,19 +48,21 @@ def register(registry: Registry, cls: type, name: str | None = None) -> None:
     registry.register_module(name=name, module=cls)
 
 
-def register_in_toolboxes(registry_name: str, *classes: type) -> list[str]:
+def register_in_toolboxes(registry_name: str, *classes: type,
+                          toolboxes: tuple[str, ...] = ('mmdet', 'mmseg')) -> list[str]:
     """Register classes in the registry ``registry_name`` of every installed toolbox.
 
     Args:
         registry_name: Attribute of ``mmdet.registry``/``mmseg.registry``, e.g.
             ``'MODELS'`` or ``'OPTIM_WRAPPER_CONSTRUCTORS'``.
         *classes: Classes registered under their own names.
+        toolboxes: Only these toolboxes (e.g. ``('mmseg',)`` for a segmentation-only class).
 
     Returns:
         The scopes (``'mmdet'``, ``'mmseg'``) whose registry received the classes.
     """
     scopes = []
-    for module in installed_registry_modules():
+    for module in installed_registry_modules(toolboxes):
         registry = getattr(module, registry_name, None)
         if not isinstance(registry, Registry):
             raise ValueError(f'{module.__name__} has no registry named {registry_name!r}')
@@ -67,9 +72,10 @@ def register_in_toolboxes(registry_name: str, *classes: type) -> list[str]:
     return scopes
 
 
-def register_models(*classes: type) -> list[str]:
+def register_models(*classes: type, toolboxes: tuple[str, ...] = ('mmdet', 'mmseg')
+                    ) -> list[str]:
     """Register model classes in every installed toolbox; return the scopes used."""
-    return register_in_toolboxes('MODELS', *classes)
+    return register_in_toolboxes('MODELS', *classes, toolboxes=toolboxes)
 
 
 def register_config_scope() -> None:

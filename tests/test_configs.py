@@ -13,6 +13,7 @@ from convnext_dense.apis.runner import (
     fit_optim_wrapper_to_device,
     prepare_test_cfg,
     prepare_train_cfg,
+    set_randomness,
     toolbox_of,
 )
 from tests.conftest import load_tool
@@ -53,8 +54,71 @@ RECIPES = {
 }
 
 
+# What the official release ran, per config (issue #14), read from its files:
+# - facebookresearch/ConvNeXt object_detection/configs/convnext/*_3x_coco_in{1k,22k}.py and
+#   semantic_segmentation/configs/convnext/upernet_convnext_*_160k_ade20k{,_ms,_ss}.py:
+#   optimizer_config.use_fp16 (False only for the IN-22K L/XL detectors and the 640 L/XL
+#   segmentors), lr_config (segmentation: linear warm-up 1500 iterations from 1e-6, poly), and
+#   test_cfg (the `_ms` configs have none: mode='whole' from _base_/models/upernet_convnext.py);
+# - mmdet 2.x configs/_base_/schedules/schedule_1x.py, which the detection configs inherit
+#   (Swin-Transformer-Object-Detection@6a979e2): linear warm-up 500 iterations from 0.001;
+# - semantic_segmentation/README.md: training with `--seed 0 --deterministic`;
+# - mmseg 0.x tools/test.py --aug-test: img_ratios [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] and flip,
+#   applied to the test pipeline's MultiScaleFlipAug img_scale (2048, 512), or (2560, 640) in
+#   _base_/datasets/ade20k_640x640.py (the BEiT code the release builds on).
+RELEASE_RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+DET_WARMUP, SEG_WARMUP = (500, 0.001), (1500, 1e-6)
+# name: (warm-up (iterations, start factor), trained in fp16, seed, TTA test scale or None)
+RELEASE = {
+    'mask_rcnn_convnext_t_coco.py': (DET_WARMUP, True, None, None),
+    'cascade_mask_rcnn_convnext_t_coco.py': (DET_WARMUP, True, None, None),
+    'cascade_mask_rcnn_convnext_s_coco.py': (DET_WARMUP, True, None, None),
+    'cascade_mask_rcnn_convnext_b_coco.py': (DET_WARMUP, True, None, None),
+    'cascade_mask_rcnn_convnext_b_in22k_coco.py': (DET_WARMUP, True, None, None),
+    'cascade_mask_rcnn_convnext_l_in22k_coco.py': (DET_WARMUP, False, None, None),
+    'cascade_mask_rcnn_convnext_xl_in22k_coco.py': (DET_WARMUP, False, None, None),
+    'upernet_convnext_t_ade20k_512.py': (SEG_WARMUP, True, 0, (2048, 512)),
+    'upernet_convnext_s_ade20k_512.py': (SEG_WARMUP, True, 0, (2048, 512)),
+    'upernet_convnext_b_ade20k_512.py': (SEG_WARMUP, True, 0, (2048, 512)),
+    'upernet_convnext_b_in22k_ade20k_640.py': (SEG_WARMUP, True, 0, (2560, 640)),
+    'upernet_convnext_l_in22k_ade20k_640.py': (SEG_WARMUP, False, 0, (2560, 640)),
+    'upernet_convnext_xl_in22k_ade20k_640.py': (SEG_WARMUP, False, 0, (2560, 640)),
+}
+
+
 def test_every_config_is_covered():
-    assert sorted(p.name for p in CONFIGS.glob('*.py')) == sorted(RECIPES)
+    assert sorted(p.name for p in CONFIGS.glob('*.py')) == sorted(RECIPES) == sorted(RELEASE)
+
+
+@pytest.mark.parametrize('name', sorted(RELEASE))
+def test_config_runs_as_the_release_did(name):
+    (warmup_iters, start_factor), fp16, seed, tta_scale = RELEASE[name]
+    cfg = Config.fromfile(str(CONFIGS / name))
+    warmup = cfg.param_scheduler[0]
+    assert (warmup.type, warmup.by_epoch, warmup.begin, warmup.end, warmup.start_factor) == (
+        'LinearLR', False, 0, warmup_iters, start_factor)
+    if fp16:
+        assert cfg.optim_wrapper.type == 'AmpOptimWrapper'  # fp16, dynamic loss scale:
+        assert cfg.optim_wrapper.get('loss_scale', 'dynamic') == 'dynamic'  # its defaults
+        assert cfg.optim_wrapper.get('dtype') in (None, 'float16')
+    else:
+        assert cfg.optim_wrapper.type == 'OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
+    randomness = cfg.get('randomness') or {}
+    assert randomness.get('seed') == seed and not randomness.get('deterministic', False)
+    if tta_scale is None:
+        assert 'tta_pipeline' not in cfg
+        return
+    assert cfg.tta_model == dict(type='SegTTAModelWithTestCfg', test_cfg=dict(mode='whole'),
+                                 _scope_='mmseg')
+    load, tta = cfg.tta_pipeline
+    assert load.type == 'LoadImageFromFile' and tta.type == 'TestTimeAug'
+    resizes, flips, annotations, pack = tta.transforms
+    width, height = tta_scale
+    assert [(t.type, tuple(t.scale), t.keep_ratio) for t in resizes] == [
+        ('Resize', (int(width * r), int(height * r)), True) for r in RELEASE_RATIOS]
+    assert [(t.type, t.prob, t.direction) for t in flips] == [
+        ('RandomFlip', 0.0, 'horizontal'), ('RandomFlip', 1.0, 'horizontal')]
+    assert [t.type for t in annotations + pack] == ['LoadAnnotations', 'PackSegInputs']
 
 
 @pytest.mark.parametrize('name', sorted(RECIPES))
@@ -67,7 +131,6 @@ def test_config_is_the_papers_recipe(name):
     assert backbone.layer_scale_init_value == 1.0 and tuple(backbone.out_indices) == (0, 1, 2, 3)
     assert backbone.init_cfg == dict(type='Pretrained', checkpoint=OFFICIAL + weights)
     wrapper = cfg.optim_wrapper
-    assert wrapper.type == 'AmpOptimWrapper'
     assert wrapper.constructor == 'ConvNeXtLayerDecayOptimizerConstructor'
     assert wrapper.optimizer == dict(type='AdamW', lr=lr, betas=(0.9, 0.999), weight_decay=0.05)
     assert wrapper.paramwise_cfg == dict(decay_rate=decay_rate, decay_type=decay_type,
@@ -172,6 +235,26 @@ def test_train_options(tmp_path):
     cfg = prepare_train_cfg(str(CONFIGS / 'mask_rcnn_convnext_t_coco.py'), str(tmp_path),
                             resume='auto', cfg_options=options)
     assert (cfg.resume, cfg.load_from, cfg.work_dir) == (True, None, str(tmp_path))
+
+
+def test_seed_and_deterministic_options():
+    ade = str(CONFIGS / 'upernet_convnext_t_ade20k_512.py')
+    coco = str(CONFIGS / 'mask_rcnn_convnext_t_coco.py')
+    assert Config.fromfile(ade).randomness == dict(seed=0, deterministic=False)
+    cfg = Config.fromfile(ade)
+    set_randomness(cfg, seed=7)
+    assert cfg.randomness == dict(seed=7, deterministic=False)
+    set_randomness(cfg, deterministic=True)
+    assert cfg.randomness == dict(seed=7, deterministic=True)
+    cfg = Config.fromfile(coco)
+    set_randomness(cfg)  # nothing asked: the config's (no randomness: mmengine draws a seed)
+    assert 'randomness' not in cfg
+    set_randomness(cfg, seed=0)
+    assert cfg.randomness == dict(seed=0)
+    with pytest.raises(ValueError, match='--seed must be a non-negative integer, got -1'):
+        set_randomness(cfg, seed=-1)
+    args = load_tool('train').parse_args([coco, '--seed', '3', '--deterministic'])
+    assert (args.seed, args.deterministic) == (3, True)
 
 
 @pytest.mark.slow

@@ -32,6 +32,11 @@ def test_one_class_registered_in_both_toolboxes():
     assert isinstance(seg, ConvNeXt) and seg.out_channels == (48, 96, 192, 384)
 
 
+def test_segmentation_tta_model_is_registered_in_mmseg_only():
+    assert MMSEG_MODELS.get('SegTTAModelWithTestCfg') is convnext_dense.SegTTAModelWithTestCfg
+    assert 'SegTTAModelWithTestCfg' not in MMDET_MODELS.module_dict
+
+
 def test_register_refuses_to_shadow_another_class():
     registry = Registry('models', scope='probe')
     register(registry, ConvNeXt)

@@ -42,8 +42,9 @@ def test_killed_training_resumes_with_its_counters_and_schedule(tmp_path):
     resumed = result.stdout + result.stderr
     assert 'resumed epoch: 1, iter: 4' in resumed
     assert 'Epoch(train) [1]' not in resumed  # it did not start again
-    # The warm-up continues (iteration k trains at k * 1e-7); a restart would show 1e-7 again.
-    assert 'Epoch(train) [2][1/4]  base_lr: 5.0000e-07' in resumed
+    # The warm-up continues: iteration k (from 0) trains at (0.001 + 0.999 k / 499) x 1e-4
+    # (mmengine's LinearLR with end=500), 9.008e-7 at k=4; a restart would show 1e-7 again.
+    assert 'Epoch(train) [2][1/4]  base_lr: 9.0080e-07' in resumed
     with torch.serialization.safe_globals(mmengine_safe_globals()):  # this process only
         final = torch.load(work_dir / 'epoch_3.pth', weights_only=True)
     assert (final['meta']['epoch'], final['meta']['iter']) == (3, 12)

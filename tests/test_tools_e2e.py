@@ -109,9 +109,9 @@ def test_detection_train_then_test(tmp_path, coco_root, config, num_classes_keys
     assert len(list(show_dir.rglob('*.jpg'))) == 2  # one picture per val image
 
 
-def test_segmentation_train_then_test(tmp_path, ade_root):
-    work_dir = tmp_path / 'work'
-    options = loader_options(**{'dataset.data_root': str(ade_root), 'num_workers': '0',
+def ade_options(ade_root: Path) -> list[str]:
+    """The ADE20K T config on the tiny dataset: 64-pixel crops, atto-sized runs of 2 iterations."""
+    return loader_options(**{'dataset.data_root': str(ade_root), 'num_workers': '0',
                                 'persistent_workers': 'False'}) + [
         'train_dataloader.dataset.pipeline.2.scale=(320,64)',
         'train_dataloader.dataset.pipeline.3.crop_size=(64,64)',
@@ -126,6 +126,11 @@ def test_segmentation_train_then_test(tmp_path, ade_root):
         'default_hooks.checkpoint.interval=2',
         'default_hooks.logger.interval=1',
     ]
+
+
+def test_segmentation_train_then_test(tmp_path, ade_root):
+    work_dir = tmp_path / 'work'
+    options = ade_options(ade_root)
     result = run_tool('train.py', 'configs/upernet_convnext_t_ade20k_512.py', '--work-dir',
                       str(work_dir), '--cfg-options', *options)
     log = result.stdout + result.stderr
@@ -137,3 +142,34 @@ def test_segmentation_train_then_test(tmp_path, ade_root):
                       '--work-dir', str(tmp_path / 'test'), '--cfg-options', *options)
     metrics = printed_metrics(result.stdout)
     assert 0.0 <= metrics['mIoU'] <= 100.0 and 'aAcc' in metrics
+
+    # The release's multi-scale + flip test, at 1/8 of the test scale (whole images).
+    tta_scales = [f'tta_pipeline.1.transforms.0.{i}.scale=({int(256 * r)},{int(64 * r)})'
+                  for i, r in enumerate([0.5, 0.75, 1.0, 1.25, 1.5, 1.75])]
+    result = run_tool('test.py', 'configs/upernet_convnext_t_ade20k_512.py', str(checkpoint),
+                      '--work-dir', str(tmp_path / 'tta'), '--tta',
+                      '--cfg-options', *options, *tta_scales)
+    assert "type='SegTTAModelWithTestCfg'" in result.stdout + result.stderr
+    assert 0.0 <= printed_metrics(result.stdout)['mIoU'] <= 100.0
+
+
+def training_losses(log: str) -> list[str]:
+    return [line.split('loss: ')[1].split()[0] for line in log.splitlines()
+            if 'Iter(train)' in line and 'loss: ' in line]
+
+
+def test_seed_makes_training_repeatable(tmp_path, ade_root):
+    """--seed seeds weights, augmentation and drop path: same seed, same losses."""
+    options = ade_options(ade_root) + [
+        'model.backbone.arch=atto', 'model.backbone.drop_path_rate=0.1',
+        'model.decode_head.in_channels=[40,80,160,320]', 'model.auxiliary_head.in_channels=160',
+        'train_cfg.val_interval=100']
+    runs = {}
+    for name, seed in [('a', '5'), ('b', '5'), ('c', '6')]:
+        result = run_tool('train.py', 'configs/upernet_convnext_t_ade20k_512.py', '--work-dir',
+                          str(tmp_path / name), '--seed', seed, '--cfg-options', *options)
+        log = result.stdout + result.stderr
+        assert f'seed: {seed}' in log
+        runs[name] = training_losses(log)
+    assert len(runs['a']) == 2
+    assert runs['a'] == runs['b'] and runs['a'] != runs['c']

@@ -25,6 +25,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              'work dir when no path is given')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision (AmpOptimWrapper; fp32 on a machine without GPU)')
+    parser.add_argument('--seed', type=int, help='random seed (randomness.seed); the ADE20K '
+                        'configs default to the release\'s 0, the COCO configs draw one')
+    parser.add_argument('--deterministic', action='store_true',
+                        help='randomness.deterministic=True: cuDNN deterministic and '
+                             'torch.use_deterministic_algorithms (raises on CUDA for ops '
+                             'without a deterministic kernel, e.g. UperNet\'s)')
     return parser.parse_args(argv)
 
 
@@ -32,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = prepare_train_cfg(args.config, args.work_dir, args.resume, args.amp,
-                                args.cfg_options, args.launcher)
+                                args.cfg_options, args.launcher, args.seed, args.deterministic)
     except (DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1

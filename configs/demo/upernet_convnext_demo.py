@@ -39,6 +39,20 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
+# The recipe's multi-scale + flip test (--tta: ratios 0.5..1.75, whole images) at this scale.
+img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+tta_scale = (160, 128)
+tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=(int(tta_scale[0] * r), int(tta_scale[1] * r)),
+              keep_ratio=True) for r in img_ratios],
+        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
+        [dict(type='LoadAnnotations')],
+        [dict(type='PackSegInputs')],
+    ]),
+]
 dataset = dict(type='BaseSegDataset', data_root='data/demo/ade20k', img_suffix='.jpg',
                seg_map_suffix='.png', reduce_zero_label=True, metainfo=metainfo)
 train_dataloader = dict(

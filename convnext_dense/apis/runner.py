@@ -217,12 +217,34 @@ def default_work_dir(config_path: str) -> str:
     return osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
 
 
+def set_randomness(cfg: Config, seed: int | None = None, deterministic: bool = False) -> None:
+    """Apply ``--seed``/``--deterministic`` to the config's mmengine ``randomness``.
+
+    ``randomness.seed`` seeds Python, numpy and torch on every rank (mmengine's
+    ``set_random_seed``); ``randomness.deterministic=True`` also sets cuDNN's deterministic
+    flags and ``torch.use_deterministic_algorithms(True)``. Values the options leave out keep
+    the config's.
+    """
+    if seed is None and not deterministic:
+        return
+    randomness = dict(cfg.get('randomness') or {})
+    if seed is not None:
+        if seed < 0:
+            raise ValueError(f'--seed must be a non-negative integer, got {seed}')
+        randomness['seed'] = seed
+    if deterministic:
+        randomness['deterministic'] = True
+    cfg.randomness = randomness
+
+
 def prepare_train_cfg(config: str, work_dir: str | None = None, resume: str | bool | None = None,
                       amp: bool = False, cfg_options: dict | None = None,
-                      launcher: str = 'none') -> Config:
+                      launcher: str = 'none', seed: int | None = None,
+                      deterministic: bool = False) -> Config:
     """Build the training config as mmdet's/mmseg's tools/train.py would."""
     cfg = load_config(config, cfg_options)
     cfg.launcher = launcher
+    set_randomness(cfg, seed, deterministic)
     cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(config)
     if amp:
         use_amp(cfg)
@@ -290,4 +312,4 @@ def build_runner(cfg: Config):
 
 __all__ = ['DatasetNotFoundError', 'build_runner', 'check_datasets',
            'fit_optim_wrapper_to_device', 'load_config', 'prepare_test_cfg',
-           'prepare_train_cfg', 'toolbox_of']
+           'prepare_train_cfg', 'set_randomness', 'toolbox_of']
