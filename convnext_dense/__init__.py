@@ -5,6 +5,8 @@ in a config) registers modules and changes nothing else:
 
 - ``ConvNeXt`` in the model registry of each installed toolbox (mmdet, mmseg), and
   ``SegTTAModelWithTestCfg`` (test-time augmentation with its own inference mode) in mmseg's;
+  ``ONNXRuntimeDetector``/``ONNXRuntimeSegmentor`` (exported models run by ONNX Runtime) in
+  mmdet's/mmseg's;
 - ``ConvNeXtLayerDecayOptimizerConstructor`` in their optimizer-wrapper-constructor
   registries;
 - ``ReplicaSyncCheckHook`` in mmengine's hook registry and the ``ConvNeXtPretrained``
@@ -17,13 +19,15 @@ The fixes to mmengine's global behaviour that training on torch >= 2.6 needs are
 opt-in: :func:`enable_runtime_fixes` (or ``'convnext_dense.enable_fixes'`` in
 ``custom_imports``); see :mod:`convnext_dense.engine.runtime_fixes`.
 
-Layout: ``models`` (backbone, layers), ``checkpoint`` (io, formats, conversion, safe
+Layout: ``models`` (backbone, layers, TTA), ``checkpoint`` (io, formats, conversion, safe
 loading), ``engine`` (layer decay, hooks, the opt-in fixes), ``apis`` (train/test
-preparation, data checks, complexity), ``demo`` and ``benchmark`` (applications).
+preparation, data checks, complexity, model loading, inference), ``deploy`` (ONNX export and
+ONNX Runtime models), ``demo`` and ``benchmark`` (applications).
 """
 from mmengine.registry import HOOKS
 
 from .checkpoint.convert import ConvNeXtPretrainedInit
+from .deploy.runtime import ONNXRuntimeDetector, ONNXRuntimeSegmentor
 from .engine.hooks import ReplicaSyncCheckHook
 from .engine.layer_decay import (
     ConvNeXtLayerDecayOptimizerConstructor,
@@ -38,7 +42,8 @@ from .registry import register, register_config_scope, register_in_toolboxes, re
 __version__ = '0.2.0'
 
 REGISTERED_SCOPES = register_models(ConvNeXt)
-register_models(SegTTAModelWithTestCfg, toolboxes=('mmseg',))
+register_models(SegTTAModelWithTestCfg, ONNXRuntimeSegmentor, toolboxes=('mmseg',))
+register_models(ONNXRuntimeDetector, toolboxes=('mmdet',))
 register_in_toolboxes('OPTIM_WRAPPER_CONSTRUCTORS', ConvNeXtLayerDecayOptimizerConstructor)
 # once, in mmengine's root registry: mmdet's and mmseg's HOOKS look it up there
 register(HOOKS, ReplicaSyncCheckHook)
@@ -47,5 +52,5 @@ register_config_scope()
 
 __all__ = ['ARCH_SETTINGS', 'ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor',
            'ConvNeXtPretrainedInit', 'REGISTERED_SCOPES', 'ReplicaSyncCheckHook',
-           'SegTTAModelWithTestCfg',
+           'ONNXRuntimeDetector', 'ONNXRuntimeSegmentor', 'SegTTAModelWithTestCfg',
            '__version__', 'enable_runtime_fixes', 'get_layer_id', 'get_lr_scale']

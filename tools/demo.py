@@ -4,10 +4,13 @@ Generates the demo dataset under data/demo/ if needed, trains with the real mmen
 (Mask R-CNN for `det`, UperNet for `seg`; configs/demo/), evaluates on the val split and
 writes metrics.json, predictions.png and curves.png into WORK_DIR/mask_rcnn or
 WORK_DIR/upernet. About 12 minutes per task on 2 CPU cores; --quick is a short smoke run.
+--export (after training) exports the trained model to ONNX, evaluates it with ONNX Runtime
+next to PyTorch (onnx_metrics.json) and draws its predictions (onnx_infer/).
 
 Example:
     python tools/demo.py det
     python tools/demo.py seg --work-dir work_dirs/demo --quick
+    python tools/demo.py det --export
 """
 from __future__ import annotations
 
@@ -31,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='output folder; the task writes into its own subfolder')
     parser.add_argument('--quick', action='store_true',
                         help='a short schedule: checks the pipeline, does not reach the targets')
+    parser.add_argument('--export', action='store_true',
+                        help='do not train: export the trained demo model to ONNX and '
+                             'evaluate it with ONNX Runtime next to PyTorch')
     parser.add_argument('--data-root', help='where the demo dataset is (or is generated); '
                         "default: the config's, relative to the repository root")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -41,6 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
+    if args.export:
+        from convnext_dense.demo.export import export_demo
+        try:
+            export_demo(args.task, args.work_dir, args.data_root)
+        except (FileNotFoundError, ImportError, ValueError) as exc:
+            print(f'error: {exc}', file=sys.stderr)
+            return 1
+        return 0
     try:
         cfg = prepare_demo_cfg(args.task, args.work_dir, args.quick, args.data_root,
                                args.cfg_options)

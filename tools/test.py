@@ -1,5 +1,8 @@
 """Evaluate a checkpoint of an mmdet or mmseg model (COCO bbox/segm mAP, mIoU, ...).
 
+CHECKPOINT is a .pth, or an end2end.onnx written by tools/export.py (run by ONNX Runtime,
+evaluated with the config's own evaluator).
+
 Example:
     python tools/test.py configs/upernet_convnext_t_ade20k_512.py work_dirs/upernet/iter_160000.pth
 """
@@ -33,10 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = prepare_test_cfg(args.config, args.checkpoint, args.work_dir, args.show_dir,
                                args.tta, args.cfg_options, args.launcher)
-    except (DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
+        runner = build_runner(cfg)  # an end2end.onnx is opened and checked here
+    except (DatasetNotFoundError, FileNotFoundError, ImportError, ValueError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    metrics = build_runner(cfg).test()
+    metrics = runner.test()
     print({k: round(float(v), 4) if isinstance(v, numbers.Real) else v
            for k, v in metrics.items()})
     return 0

@@ -268,6 +268,8 @@ def prepare_test_cfg(config: str, checkpoint: str, work_dir: str | None = None,
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(config)
     cfg.load_from = checkpoint
+    if str(checkpoint).endswith('.onnx'):
+        use_onnx_runtime(cfg, checkpoint, tta)
     fit_dist_backend_to_device(cfg)
     if show_dir:
         hook = cfg.default_hooks.get('visualization')
@@ -286,6 +288,20 @@ def prepare_test_cfg(config: str, checkpoint: str, work_dir: str | None = None,
         cfg.model = cfg.tta_model
     check_datasets(cfg, ('test_dataloader',))
     return cfg
+
+
+def use_onnx_runtime(cfg: Config, onnx_file: str, tta: bool = False) -> None:
+    """Test an exported ``end2end.onnx`` with ONNX Runtime in place of the config's model."""
+    from ..deploy.runtime import runtime_model_cfg
+    if tta:
+        raise ValueError(f'{onnx_file}: --tta runs the PyTorch model at several scales; an '
+                         'exported model is tested as exported (drop --tta)')
+    test_cfg = cfg.model.get('test_cfg') or {}
+    if test_cfg.get('mode') == 'slide':
+        print_log(f'{onnx_file}: the exported segmentor infers on whole images (the config\'s '
+                  f'model slides a {tuple(test_cfg.crop_size)} window)', logger='current')
+    cfg.model = runtime_model_cfg(cfg, onnx_file)
+    cfg.load_from = None
 
 
 def build_runner(cfg: Config):

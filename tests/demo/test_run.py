@@ -205,6 +205,10 @@ def check_outputs(result, num_val: int) -> dict:
 
 
 SMALL_DATA = {'demo_dataset.num_train': 160, 'demo_dataset.num_val': 8}
+#: ONNX Runtime against PyTorch on the same checkpoint (issue #15): mAP on the 0-1 scale, mIoU
+#: in points.
+EXPORT_TOLERANCE = {'det': {'coco/bbox_mAP': 0.005, 'coco/segm_mAP': 0.005},
+                    'seg': {'mIoU': 0.2}}
 
 
 @pytest.mark.slow
@@ -221,3 +225,13 @@ def test_short_demo_beats_the_untrained_model(tmp_path, task, metric, margin, fi
     assert result.metrics[metric] >= before[metric] + margin, (before, result.metrics)
     for key in finite:
         assert np.isfinite(result.metrics[key])
+
+    # make demo-export: the same checkpoint exported, ONNX Runtime's metrics next to PyTorch's.
+    from convnext_dense.demo.export import export_demo
+    exported = export_demo(task, tmp_path / 'work', data_root=tmp_path / 'data')
+    for key, tolerance in EXPORT_TOLERANCE[task].items():
+        assert exported['pytorch'][key] == pytest.approx(result.metrics[key])
+        assert abs(exported['onnxruntime'][key] - exported['pytorch'][key]) <= tolerance, exported
+    assert len(list((result.out_dir / 'onnx_infer' / 'vis').glob('*.jpg'))) == 4
+    assert json.loads((result.out_dir / 'onnx_metrics.json').read_text())['onnxruntime'] == (
+        exported['onnxruntime'])

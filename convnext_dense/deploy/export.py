@@ -1,0 +1,191 @@
+"""Export a config's model with trained weights to ``DIR/end2end.onnx`` + ``DIR/deploy.json``.
+
+The graph is traced with ``torch.onnx.export(..., dynamo=False)`` (the TorchScript-based
+exporter that ships with torch; the dynamo exporter needs onnxscript and does not take
+these models' data-dependent post-processing) from :mod:`.segmentation` or :mod:`.detection`.
+``deploy.json`` holds what a runtime needs around the graph: task, input/output names,
+mean/std and channel order, the test resize and padding, and the class names.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config
+from torch import nn
+
+from ..apis.models import build_model, load_trained_weights
+from ..apis.runner import load_config, toolbox_of
+from ..utils import refuse_overwrite
+
+ONNX_FILE = 'end2end.onnx'
+DEPLOY_FILE = 'deploy.json'
+#: mmdeploy's input/output names and layouts
+OUTPUT_NAMES = {'segmentation': ['output'], 'detection': ['dets', 'labels', 'masks']}
+SUPPORTED_MODELS = {'EncoderDecoder': 'segmentation', 'MaskRCNN': 'detection',
+                    'CascadeRCNN': 'detection'}
+DEFAULT_OPSET = 17
+
+
+class ExportError(ValueError):
+    """The model, the options or the output directory do not allow the export."""
+
+
+def require_onnx() -> tuple[Any, Any]:
+    """Import ``onnx`` and ``onnxruntime`` or say which extra installs them."""
+    modules, missing = [], []
+    for name in ('onnx', 'onnxruntime'):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(f'{" and ".join(missing)} not installed: the deploy tools need them; '
+                          "install the extra: pip install 'convnext_dense[deploy]' "
+                          '(onnx, onnxruntime)')
+    return modules[0], modules[1]
+
+
+def task_of(cfg: Config) -> str:
+    """``'detection'`` or ``'segmentation'`` for the supported model types."""
+    model_type = str(cfg.model.get('type', '')).split('.')[-1]
+    if model_type not in SUPPORTED_MODELS:
+        raise ExportError(f'{cfg.filename or "config"}: cannot export a '
+                          f'{model_type or "model without a type"}: supported model types are '
+                          f'{", ".join(SUPPORTED_MODELS)}')
+    return SUPPORTED_MODELS[model_type]
+
+
+def export_graph(model: nn.Module, task: str) -> nn.Module:
+    """The module whose forward is the exported graph."""
+    if task == 'segmentation':
+        from .segmentation import SegmentorExport
+        return SegmentorExport(model)
+    from .detection import TwoStageDetectorExport
+    return TwoStageDetectorExport(model)
+
+
+def _test_resize(cfg: Config) -> dict | None:
+    for step in cfg.test_dataloader.dataset.get('pipeline', []):
+        if step.get('type') == 'Resize':
+            return {k: step[k] for k in ('scale', 'scale_factor', 'keep_ratio') if k in step}
+    return None
+
+
+def _class_names(cfg: Config) -> list[str]:
+    dataset = cfg.test_dataloader.dataset
+    classes = (dataset.get('metainfo') or {}).get('classes')
+    if classes is None:
+        toolbox = toolbox_of(cfg)
+        importlib.import_module(f'{toolbox}.datasets')
+        registry = importlib.import_module(f'{toolbox}.registry').DATASETS
+        classes = registry.get(dataset.type).METAINFO['classes']
+    return list(classes)
+
+
+def deploy_info(cfg: Config, task: str, opset: int, dynamic: bool,
+                shape: tuple[int, int]) -> dict[str, Any]:
+    """What a runtime needs around ``end2end.onnx`` (written as ``deploy.json``)."""
+    preprocessor = cfg.model.data_preprocessor
+    to_rgb = bool(preprocessor.get('bgr_to_rgb', preprocessor.get('rgb_to_bgr', False)))
+    info = dict(
+        task=task, toolbox=toolbox_of(cfg), model_type=cfg.model.type, opset=opset,
+        input_names=['input'], output_names=OUTPUT_NAMES[task],
+        dynamic=dynamic, traced_shape=list(shape),
+        mean=list(preprocessor.get('mean', [0, 0, 0])),
+        std=list(preprocessor.get('std', [1, 1, 1])),
+        channel_order='RGB' if to_rgb else 'BGR (as loaded)',
+        pad_size_divisor=preprocessor.get('pad_size_divisor'),
+        test_resize=_test_resize(cfg), classes=_class_names(cfg))
+    if task == 'detection':
+        info['score_threshold'] = float(cfg.model.test_cfg.rcnn.score_thr)
+        info['mask_threshold'] = float(cfg.model.test_cfg.rcnn.mask_thr_binary)
+    return info
+
+
+def default_shape(cfg: Config, task: str) -> tuple[int, int]:
+    """The traced input size: the segmentor's crop, or the detector's test scale padded."""
+    if task == 'segmentation':
+        size = cfg.model.data_preprocessor.get('size') or (512, 512)
+        return int(size[0]), int(size[1])
+    resize = _test_resize(cfg) or {}
+    width, height = resize.get('scale', (1333, 800))
+    long_side, short_side = max(width, height), min(width, height)
+    return tuple(-(-s // 32) * 32 for s in (short_side, long_side))
+
+
+def check_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    if len(shape) != 2 or any(int(s) <= 0 or int(s) % 32 for s in shape):
+        raise ExportError(f'--shape {" ".join(str(s) for s in shape)}: height and width must be '
+                          'positive multiples of 32 (the backbone\'s stride)')
+    return int(shape[0]), int(shape[1])
+
+
+def export_onnx(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
+                shape: tuple[int, int] | None = None, dynamic: bool = True,
+                opset: int = DEFAULT_OPSET, force: bool = False,
+                cfg_options: dict | None = None) -> Path:
+    """Export ``config``'s model with ``checkpoint``'s weights into ``out_dir``.
+
+    Args:
+        config: Config file (or shipped config name).
+        checkpoint: Trained weights (mmengine checkpoint or state dict); ``None`` exports the
+            model as built (random or ``init_cfg`` weights), for tests.
+        out_dir: Output directory; refused if it exists unless ``force``. Written to a
+            temporary directory next to it and renamed, so a failure leaves nothing half done.
+        shape: (H, W) traced input size, multiples of 32; default from the config.
+        dynamic: Dynamic batch, height and width (default); ``False`` fixes them to ``shape``
+            and batch 1.
+        opset: ONNX opset (>= 16: RoIAlign with ``aligned=True``).
+
+    Returns:
+        The path of ``end2end.onnx``.
+    """
+    onnx, _ = require_onnx()
+    out_dir = Path(out_dir)
+    refuse_overwrite(out_dir, force, 'the export output directory')
+    if opset < 16:
+        raise ExportError(f'--opset {opset}: 16 or newer is needed (RoIAlign with aligned=True, '
+                          'GridSample)')
+    cfg = load_config(config, cfg_options)
+    task = task_of(cfg)
+    shape = check_shape(tuple(shape) if shape else default_shape(cfg, task))
+    model = build_model(cfg)
+    if checkpoint is not None:
+        load_trained_weights(model, checkpoint)
+    graph = export_graph(model, task).eval()
+    output_names = OUTPUT_NAMES[task]
+    axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    for name in output_names:
+        axes[name] = {0: 'batch', 2: 'height', 3: 'width'} if task == 'segmentation' else {
+            0: 'batch'}
+    dummy = torch.zeros(1, 3, *shape)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
+    try:
+        onnx_path = staging / ONNX_FILE
+        with torch.no_grad():
+            torch.onnx.export(graph, (dummy,), str(onnx_path), dynamo=False,
+                              opset_version=opset, input_names=['input'],
+                              output_names=output_names,
+                              dynamic_axes=axes if dynamic else None)
+        onnx.checker.check_model(str(onnx_path))
+        info = deploy_info(cfg, task, opset, dynamic, shape)
+        (staging / DEPLOY_FILE).write_text(json.dumps(info, indent=2) + '\n')
+        if out_dir.exists():  # force: replace only once the new export is complete
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir / ONNX_FILE

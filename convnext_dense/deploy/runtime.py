@@ -1,0 +1,151 @@
+"""Exported models run by ONNX Runtime, tested and used like the PyTorch models.
+
+:class:`ONNXRuntimeDetector` and :class:`ONNXRuntimeSegmentor` are mmengine models: the
+config's own data preprocessor prepares the batch, ONNX Runtime runs ``end2end.onnx``, and the
+outputs become mmdet's/mmseg's data samples at the original image size (boxes rescaled and
+clipped, masks pasted with mmdet's ``_do_paste_mask``, class maps resized to the original
+size), so mmengine's Runner evaluates them with the config's evaluator and the visualizers
+draw them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from mmengine.structures import InstanceData, PixelData
+
+from .export import DEPLOY_FILE, OUTPUT_NAMES, require_onnx
+
+
+class ExportedModelMismatch(ValueError):
+    """An ONNX file that is not an export of the config's model."""
+
+
+def open_session(onnx_file: str | os.PathLike, task: str, num_classes: int,
+                 threads: int | None = None) -> tuple[Any, dict]:
+    """An ONNX Runtime CPU session for ``onnx_file`` and its ``deploy.json``, checked.
+
+    Raises:
+        FileNotFoundError: the file or its ``deploy.json`` is missing.
+        ExportedModelMismatch: input/output names or the number of classes are not the
+            config's.
+    """
+    _, ort = require_onnx()
+    onnx_file = Path(onnx_file)
+    if not onnx_file.is_file():
+        raise FileNotFoundError(f'{onnx_file}: no such ONNX file')
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(onnx_file), options,
+                                       providers=['CPUExecutionProvider'])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ExportedModelMismatch(f'{onnx_file}: ONNX Runtime cannot load it: {exc}') from None
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if inputs != ['input'] or outputs != OUTPUT_NAMES[task]:
+        raise ExportedModelMismatch(
+            f'{onnx_file}: inputs {inputs} and outputs {outputs}; a {task} model exported by '
+            f'tools/export.py has inputs [\'input\'] and outputs {OUTPUT_NAMES[task]}')
+    info_file = onnx_file.parent / DEPLOY_FILE
+    if not info_file.is_file():
+        raise FileNotFoundError(f'{info_file}: missing; tools/export.py writes it next to '
+                                f'{onnx_file.name}')
+    info = json.loads(info_file.read_text())
+    if len(info.get('classes', [])) != num_classes:
+        raise ExportedModelMismatch(
+            f'{onnx_file}: exported with {len(info.get("classes", []))} classes '
+            f'({info_file}), the config\'s model has {num_classes}')
+    return session, info
+
+
+class _ONNXRuntimeModel(BaseModel):
+    """Shared part: preprocess with the config's preprocessor, run the session."""
+
+    task = ''
+
+    def __init__(self, onnx_file: str, num_classes: int, data_preprocessor: dict | None = None,
+                 threads: int | None = None, init_cfg: dict | None = None) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.onnx_file = str(onnx_file)
+        self.session, self.deploy_info = open_session(onnx_file, self.task, num_classes,
+                                                      threads)
+
+    def run(self, inputs: torch.Tensor) -> list[np.ndarray]:
+        batch = inputs.detach().cpu().float().contiguous().numpy()
+        return self.session.run(None, {'input': batch})
+
+    def forward(self, inputs: torch.Tensor, data_samples: list | None = None,
+                mode: str = 'predict') -> list:
+        if mode != 'predict':
+            raise ValueError(f'{self.onnx_file}: an exported model only predicts (mode={mode!r})')
+        return self.predict(inputs, data_samples)
+
+
+class ONNXRuntimeSegmentor(_ONNXRuntimeModel):
+    """An exported mmseg segmentor: sets ``pred_sem_seg`` at the original size."""
+
+    task = 'segmentation'
+
+    def predict(self, inputs: torch.Tensor, data_samples: list) -> list:
+        class_map = torch.from_numpy(self.run(inputs)[0])  # (N, 1, H, W)
+        for sample, one in zip(data_samples, class_map):
+            height, width = sample.img_shape
+            one = one[:, :height, :width].float()  # drop the padding
+            if sample.get('flip', False):
+                dims = {'horizontal': (2,), 'vertical': (1,)}[sample.flip_direction]
+                one = one.flip(dims)
+            one = F.interpolate(one[None], size=sample.ori_shape, mode='nearest')[0]
+            sample.pred_sem_seg = PixelData(data=one.long())
+        return data_samples
+
+
+class ONNXRuntimeDetector(_ONNXRuntimeModel):
+    """An exported mmdet Mask R-CNN / Cascade Mask R-CNN: sets ``pred_instances``."""
+
+    task = 'detection'
+
+    def predict(self, inputs: torch.Tensor, data_samples: list) -> list:
+        from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
+        dets, labels, masks = (torch.from_numpy(x) for x in self.run(inputs))
+        mask_threshold = self.deploy_info.get('mask_threshold', 0.5)
+        for sample, boxes, classes, probabilities in zip(data_samples, dets, labels, masks):
+            keep = boxes[:, 4] > 0  # the rest is padding
+            boxes, classes, probabilities = boxes[keep], classes[keep], probabilities[keep]
+            height, width = sample.img_shape
+            bboxes = boxes[:, :4].clone()
+            bboxes[:, 0::2] = bboxes[:, 0::2].clamp(0, width)
+            bboxes[:, 1::2] = bboxes[:, 1::2].clamp(0, height)
+            scale = bboxes.new_tensor(sample.scale_factor).repeat(2)
+            bboxes = bboxes / scale
+            ori_height, ori_width = sample.ori_shape
+            pasted = torch.zeros(len(bboxes), ori_height, ori_width, dtype=torch.bool)
+            for i in range(len(bboxes)):  # one by one on the CPU, as mmdet does
+                mask, spatial = _do_paste_mask(probabilities[i][None, None], bboxes[i][None],
+                                               ori_height, ori_width, skip_empty=True)
+                pasted[(i,) + spatial] = mask[0] >= mask_threshold
+            sample.pred_instances = InstanceData(bboxes=bboxes, scores=boxes[:, 4],
+                                                 labels=classes.long(), masks=pasted)
+        return data_samples
+
+
+def runtime_model_cfg(cfg: Any, onnx_file: str) -> dict:
+    """The ``model`` config that runs ``onnx_file`` in place of the config's model."""
+    from .export import task_of
+    task = task_of(cfg)
+    if task == 'detection':
+        heads = cfg.model.roi_head.bbox_head
+        num_classes = (heads[-1] if isinstance(heads, (list, tuple)) else heads).num_classes
+        model_type = 'ONNXRuntimeDetector'
+    else:
+        num_classes = cfg.model.decode_head.num_classes
+        model_type = 'ONNXRuntimeSegmentor'
+    return dict(type=model_type, onnx_file=str(onnx_file), num_classes=num_classes,
+                data_preprocessor=cfg.model.data_preprocessor)

@@ -1,0 +1,109 @@
+"""Bad input to the deploy tools: one named, specific error, and nothing of the user's lost."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from convnext_dense.apis.models import build_model
+from convnext_dense.checkpoint.io import CheckpointError
+from convnext_dense.deploy.export import ExportError, export_onnx, task_of
+from convnext_dense.deploy.runtime import ExportedModelMismatch
+from tests.conftest import run_tool_main
+
+REPO = Path(__file__).resolve().parents[2]
+SEG_DEMO = str(REPO / 'configs/demo/upernet_convnext_demo.py')
+DET_DEMO = str(REPO / 'configs/demo/mask_rcnn_convnext_demo.py')
+
+
+@pytest.fixture(scope='module')
+def seg_export(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp('seg')
+    torch.manual_seed(0)
+    checkpoint = folder / 'seg.pth'
+    torch.save({'state_dict': build_model(Config.fromfile(SEG_DEMO)).state_dict()}, checkpoint)
+    return export_onnx(SEG_DEMO, str(checkpoint), folder / 'onnx')
+
+
+def test_shape_must_be_a_multiple_of_32(tmp_path):
+    result = run_tool_main('export', SEG_DEMO, 'x.pth', '--out', str(tmp_path / 'o'),
+                           '--shape', '100', '128')
+    assert result.returncode == 1
+    assert '--shape 100 128: height and width must be positive multiples of 32' in result.stderr
+
+
+def test_existing_output_is_kept_without_force(tmp_path, seg_export):
+    out = tmp_path / 'mine'
+    out.mkdir()
+    (out / 'notes.txt').write_text('keep me')
+    with pytest.raises(FileExistsError, match='pass --force'):
+        export_onnx(SEG_DEMO, None, out)
+    assert (out / 'notes.txt').read_text() == 'keep me'
+    assert [p.name for p in tmp_path.iterdir()] == ['mine']  # no staging folder left
+
+
+def test_force_replaces_the_output_whole(tmp_path):
+    out = tmp_path / 'onnx'
+    out.mkdir()
+    (out / 'stale.txt').write_text('old')
+    export_onnx(SEG_DEMO, None, out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ['deploy.json', 'end2end.onnx']
+    assert [p.name for p in tmp_path.iterdir()] == ['onnx']
+
+
+def test_unsupported_model_type_names_the_supported():
+    cfg = Config(dict(model=dict(type='RetinaNet')))
+    with pytest.raises(ExportError, match='cannot export a RetinaNet: supported model types are '
+                                          'EncoderDecoder, MaskRCNN, CascadeRCNN'):
+        task_of(cfg)
+
+
+def test_checkpoint_of_another_model_names_the_first_keys(tmp_path):
+    torch.save({'state_dict': build_model(Config.fromfile(SEG_DEMO)).state_dict()},
+               tmp_path / 'seg.pth')
+    with pytest.raises(CheckpointError, match=r'does not fit the config\'s model \(MaskRCNN\); '
+                                              r'missing 42: neck\.lateral_convs\.0\.conv\.weight'
+                                              r'.*unexpected 82: decode_head\.conv_seg'):
+        export_onnx(DET_DEMO, str(tmp_path / 'seg.pth'), tmp_path / 'out')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_missing_onnx_names_the_extra(tmp_path):
+    argv = ['export', SEG_DEMO, 'x.pth', '--out', str(tmp_path / 'o')]
+    tool = str(REPO / 'tools' / 'export.py')
+    code = (f"import sys; sys.modules['onnx'] = None; sys.argv = {argv!r}; "
+            f"import runpy; runpy.run_path({tool!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            cwd=REPO, timeout=300)
+    assert result.returncode == 1
+    assert "onnx not installed" in result.stderr
+    assert "pip install 'convnext_dense[deploy]'" in result.stderr
+
+
+def test_onnx_of_another_task_is_refused_by_test_and_infer(tmp_path, seg_export):
+    result = run_tool_main('test', DET_DEMO, str(seg_export), '--work-dir', str(tmp_path))
+    assert result.returncode == 1
+    assert "outputs ['output']; a detection model exported by tools/export.py" in result.stderr
+    with pytest.raises(ExportedModelMismatch, match=r"inputs \['input'\] and outputs "
+                                                    r"\['output'\]; a detection model"):
+        from convnext_dense.apis.inference import load_inference_model
+        load_inference_model(Config.fromfile(DET_DEMO), str(seg_export))
+
+
+def test_onnx_with_other_classes_is_refused(tmp_path, seg_export):
+    from convnext_dense.apis.inference import load_inference_model
+    cfg = Config.fromfile(SEG_DEMO)
+    cfg.model.decode_head.num_classes = 7
+    with pytest.raises(ExportedModelMismatch, match=r'exported with 6 classes .*deploy\.json\), '
+                                                    r"the config's model has 7"):
+        load_inference_model(cfg, str(seg_export))
+
+
+def test_onnx_with_tta_is_refused(tmp_path, seg_export):
+    from convnext_dense.apis.runner import prepare_test_cfg
+    with pytest.raises(ValueError, match='an exported model is tested as exported'):
+        prepare_test_cfg(SEG_DEMO, str(seg_export), str(tmp_path), tta=True)

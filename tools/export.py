@@ -1,0 +1,50 @@
+"""Export a trained detector or segmentor to ONNX (DIR/end2end.onnx + DIR/deploy.json).
+
+Example:
+    python tools/export.py configs/upernet_convnext_t_ade20k_512.py \
+        work_dirs/upernet/iter_160000.pth \
+        --out work_dirs/upernet/onnx
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from convnext_dense.checkpoint.io import CheckpointError
+from convnext_dense.deploy.export import DEFAULT_OPSET, ExportError, export_onnx
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description='Export a model to ONNX with its '
+                                     'post-processing (NMS, masks; the class map)')
+    parser.add_argument('config', help='config file (or shipped config name)')
+    parser.add_argument('checkpoint', help='trained weights (.pth)')
+    parser.add_argument('--out', required=True, help='output directory (must not exist)')
+    parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
+                        help='traced input size, multiples of 32 (default: from the config)')
+    parser.add_argument('--dynamic', action=argparse.BooleanOptionalAction, default=True,
+                        help='dynamic batch, height and width (default); --no-dynamic fixes '
+                             'them to batch 1 and --shape')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset (>= 16)')
+    parser.add_argument('--force', action='store_true', help='replace an existing --out')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings')
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        path = export_onnx(args.config, args.checkpoint, args.out, args.shape, args.dynamic,
+                           args.opset, args.force, args.cfg_options)
+    except (CheckpointError, ExportError, FileExistsError, FileNotFoundError,
+            ImportError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    print(f'wrote {path} and {path.parent / "deploy.json"}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
