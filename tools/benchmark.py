@@ -18,6 +18,7 @@ from pathlib import Path
 
 from convnext_dense.benchmark.baselines import ARCH_ALIASES, IMPLS, OPTIONS
 from convnext_dense.benchmark.measure import MODES
+from convnext_dense.benchmark.onnx_runtime import onnx_section, with_onnx_section
 from convnext_dense.benchmark.report import render_markdown
 from convnext_dense.benchmark.suite import Results, Settings, run
 from convnext_dense.utils import atomic_file
@@ -133,10 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     command = 'python tools/benchmark.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
+    kept = onnx_section(args.out.read_text()) if args.out.is_file() else ''
+
     def write(results: Results) -> None:
-        """(Re)write the report; a run stopped early leaves its last partial report."""
+        """(Re)write the report; a run stopped early leaves its last partial report. The
+        ONNX Runtime section (tools/benchmark_onnx.py) is carried over."""
+        text = render_markdown(results, command.strip(), args.note) + '\n'
         with atomic_file(args.out) as f:
-            f.write((render_markdown(results, command.strip(), args.note) + '\n').encode())
+            f.write((with_onnx_section(text, kept) if kept else text).encode())
 
     # `timeout` and schedulers stop with SIGTERM: end like Ctrl-C, the report already written
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -125,3 +125,39 @@ def test_mask_rcnn_detections_match_mmdet_at_two_sizes(tmp_path):
 @pytest.mark.slow
 def test_cascade_mask_rcnn_detections_match_mmdet_at_two_sizes(tmp_path):
     check_detector('configs/cascade_mask_rcnn_convnext_t_coco.py', tmp_path, ATTO_CASCADE)
+
+
+def narrow_options(config: Path) -> dict:
+    """The config's depths and heads with a backbone of 1/4 of its widths (CI time)."""
+    from convnext_dense.models.backbone import ARCH_SETTINGS
+    cfg = Config.fromfile(str(config))
+    arch = ARCH_SETTINGS[cfg.model.backbone.arch]
+    dims = [d // 4 for d in arch['dims']]
+    options = {'model.backbone.arch': None, 'model.backbone.depths': list(arch['depths']),
+               'model.backbone.dims': dims, 'model.backbone.init_cfg': None}
+    if 'neck' in cfg.model:
+        options['model.neck.in_channels'] = dims
+    else:
+        options['model.decode_head.in_channels'] = dims
+        options['model.auxiliary_head.in_channels'] = dims[2]
+    return options
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('config', sorted(p.name for p in (REPO / 'configs').glob('*.py')))
+def test_every_config_exports_and_runs(tmp_path, config):
+    """Each shipped config's graph (its depths, heads and post-processing; the backbone at a
+    quarter of its widths to keep CI short) exports and runs in ONNX Runtime at another size
+    than it was traced with (the two-size comparisons with PyTorch are above)."""
+    path = REPO / 'configs' / config
+    onnx_file = export_onnx(str(path), None, tmp_path / 'onnx', shape=(128, 160),
+                            cfg_options=narrow_options(path))
+    outputs = session(onnx_file).run(
+        None, {'input': np.random.randn(2, 3, 96, 224).astype(np.float32)})
+    if config.startswith(('mask_rcnn', 'cascade')):
+        dets, labels, masks = outputs
+        assert dets.shape == (2, 100, 5) and labels.shape == (2, 100)
+        assert masks.shape == (2, 100, 28, 28) and np.isfinite(dets).all()
+    else:
+        assert outputs[0].shape == (2, 1, 96, 224)
+        assert 0 <= outputs[0].min() and outputs[0].max() < 150
