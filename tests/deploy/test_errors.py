@@ -85,7 +85,13 @@ def test_missing_onnx_names_the_extra(tmp_path):
 
 
 def test_onnx_of_another_task_is_refused_by_test_and_infer(tmp_path, seg_export):
-    result = run_tool_main('test', DET_DEMO, str(seg_export), '--work-dir', str(tmp_path))
+    from convnext_dense.demo.data import make_coco_dataset
+    from convnext_dense.demo.run import data_root_options
+    root = make_coco_dataset(tmp_path / 'coco', num_train=1, num_val=1, image_size=(128, 160))
+    options = [f'{k}={v}' for k, v in
+               data_root_options(Config.fromfile(DET_DEMO), root).items()]
+    result = run_tool_main('test', DET_DEMO, str(seg_export), '--work-dir', str(tmp_path),
+                           '--cfg-options', *options)
     assert result.returncode == 1
     assert "outputs ['output']; a detection model exported by tools/export.py" in result.stderr
     with pytest.raises(ExportedModelMismatch, match=r"inputs \['input'\] and outputs "
