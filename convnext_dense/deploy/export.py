@@ -20,6 +20,7 @@ import torch
 from mmengine.config import Config
 from torch import nn
 
+from ..apis.inference import dataset_meta
 from ..apis.models import build_model, load_trained_weights
 from ..apis.runner import load_config, toolbox_of
 from ..utils import refuse_overwrite
@@ -78,17 +79,6 @@ def _test_resize(cfg: Config) -> dict | None:
     return None
 
 
-def _class_names(cfg: Config) -> list[str]:
-    dataset = cfg.test_dataloader.dataset
-    classes = (dataset.get('metainfo') or {}).get('classes')
-    if classes is None:
-        toolbox = toolbox_of(cfg)
-        importlib.import_module(f'{toolbox}.datasets')
-        registry = importlib.import_module(f'{toolbox}.registry').DATASETS
-        classes = registry.get(dataset.type).METAINFO['classes']
-    return list(classes)
-
-
 def deploy_info(cfg: Config, task: str, opset: int, dynamic: bool,
                 shape: tuple[int, int]) -> dict[str, Any]:
     """What a runtime needs around ``end2end.onnx`` (written as ``deploy.json``)."""
@@ -102,7 +92,7 @@ def deploy_info(cfg: Config, task: str, opset: int, dynamic: bool,
         std=list(preprocessor.get('std', [1, 1, 1])),
         channel_order='RGB' if to_rgb else 'BGR (as loaded)',
         pad_size_divisor=preprocessor.get('pad_size_divisor'),
-        test_resize=_test_resize(cfg), classes=_class_names(cfg))
+        test_resize=_test_resize(cfg), classes=list(dataset_meta(cfg)['classes']))
     if task == 'detection':
         info['score_threshold'] = float(cfg.model.test_cfg.rcnn.score_thr)
         info['mask_threshold'] = float(cfg.model.test_cfg.rcnn.mask_thr_binary)

@@ -99,9 +99,6 @@ class ONNXRuntimeSegmentor(_ONNXRuntimeModel):
         for sample, one in zip(data_samples, class_map):
             height, width = sample.img_shape
             one = one[:, :height, :width].float()  # drop the padding
-            if sample.get('flip', False):
-                dims = {'horizontal': (2,), 'vertical': (1,)}[sample.flip_direction]
-                one = one.flip(dims)
             one = F.interpolate(one[None], size=sample.ori_shape, mode='nearest')[0]
             sample.pred_sem_seg = PixelData(data=one.long())
         return data_samples
