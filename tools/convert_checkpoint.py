@@ -15,8 +15,8 @@ import sys
 
 from convnext_dense import ARCH_SETTINGS
 from convnext_dense.checkpoint.convert import convert_and_save
-from convnext_dense.checkpoint.formats import CONVERTERS
 from convnext_dense.checkpoint.io import CheckpointError
+from convnext_dense.checkpoint.layouts import CONVERTERS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

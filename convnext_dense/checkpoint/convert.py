@@ -1,9 +1,9 @@
-"""Convert ImageNet ConvNeXt checkpoints of any common source into this backbone.
+"""Convert pretrained ConvNeXt checkpoints of any common source into this backbone.
 
-Sources: the paper's official release (V1 and V2, ``model``/``model_ema``),
-timm (``.pth`` or ``.safetensors``), mmpretrain (``state_dict`` with a
-``backbone.`` prefix) and checkpoints already in this layout, including whole
-mmdet/mmseg models. The format and the arch are detected from keys and shapes.
+Sources: every layout of :mod:`convnext_dense.checkpoint.layouts` (the paper's
+release, timm, mmpretrain, Hugging Face files and model directories, DINOv3,
+ConvNeXt V2 FCMAE pre-training, whole mmdet/mmseg models). The layout and the
+arch are detected from keys and shapes.
 """
 from __future__ import annotations
 
@@ -12,15 +12,18 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from mmengine.registry import WEIGHT_INITIALIZERS
 
-from ..models.backbone import ARCH_SETTINGS, NUM_STAGES, ConvNeXt
+from ..arch import ARCH_SETTINGS, NUM_STAGES, arch_name, backbone_state_shapes
 from ..utils import first_n_and_more, refuse_overwrite
-from .formats import CONVERTERS, StateDict, detect_format
 from .io import CheckpointError, read_checkpoint, write_checkpoint_atomically
+from .layouts import CONVERTERS, StateDict, describe_foreign, detect_format
+
+if TYPE_CHECKING:
+    from ..models.backbone import ConvNeXt
 
 #: Where the weights sit in a checkpoint dict, main weights first.
 MAIN_WEIGHT_KEYS = ('model', 'state_dict', 'module')
@@ -43,10 +46,7 @@ class ArchInfo:
     @property
     def name(self) -> str | None:
         """The arch name with these depths and dims, or None for a custom one."""
-        for name, setting in ARCH_SETTINGS.items():
-            if setting['depths'] == self.depths and setting['dims'] == self.dims:
-                return name
-        return None
+        return arch_name(self.depths, self.dims)
 
     def backbone_kwargs(self) -> dict[str, Any]:
         """Arguments for :class:`ConvNeXt` that build a model these weights fit."""
@@ -167,9 +167,8 @@ def _mismatches(expected: dict[str, torch.Size], actual: StateDict,
 
 
 def _expected_shapes(arch: ArchInfo) -> dict[str, torch.Size]:
-    with torch.device('meta'):
-        model = ConvNeXt(**arch.backbone_kwargs())
-    return {k: v.shape for k, v in model.state_dict().items()}
+    shapes = backbone_state_shapes(arch.depths, arch.dims, arch.use_grn, arch.layer_scale)
+    return {k: torch.Size(shape) for k, shape in shapes.items()}
 
 
 def _fail_on_mismatch(problems: list[str], source: str, detected: str, expected: str) -> None:
@@ -187,8 +186,9 @@ def convert_checkpoint(checkpoint: dict[str, Any], source: str = '<in memory>',
     Args:
         checkpoint: What ``torch.load``/safetensors returned.
         source: Name used in messages and the report.
-        src_format: One of ``official, timm, mmpretrain, mmdet/mmseg``;
-            detected from the keys when None.
+        src_format: A layout name of :data:`~convnext_dense.checkpoint.layouts.LAYOUTS`
+            (``official, timm, mmpretrain, huggingface, ...``); detected from the
+            keys when None.
         arch: Expected arch name; the conversion fails if the weights are of
             another arch. Detected from the shapes when None.
         ema: Take the EMA weights (``model_ema`` and the like).
@@ -197,9 +197,11 @@ def convert_checkpoint(checkpoint: dict[str, Any], source: str = '<in memory>',
     detected = detect_format(state_dict)
     if src_format is None:
         if detected is None:
-            raise CheckpointError(
-                f'{source}: not a ConvNeXt checkpoint in any known layout '
-                f'({", ".join(CONVERTERS)}); first keys: {", ".join(list(state_dict)[:3])}')
+            foreign = describe_foreign(list(state_dict))
+            what = f'{foreign}, not a ConvNeXt' if foreign else \
+                f'not a ConvNeXt checkpoint in any known layout ({", ".join(CONVERTERS)})'
+            raise CheckpointError(f'{source}: {what}; first keys: '
+                                  f'{", ".join(list(state_dict)[:3]) or "none"}')
         src_format = detected
     elif src_format not in CONVERTERS:
         raise CheckpointError(f'src_format must be one of {", ".join(CONVERTERS)}, '
@@ -220,7 +222,10 @@ def convert_checkpoint(checkpoint: dict[str, Any], source: str = '<in memory>',
 
 def convert_file(src: str | os.PathLike, src_format: str | None = None,
                  arch: str | None = None, ema: bool = False) -> Conversion:
-    """Read ``src`` safely (path or URL) and convert it; see :func:`convert_checkpoint`."""
+    """Read ``src`` safely (file, Hugging Face model directory or URL) and convert it.
+
+    See :func:`convert_checkpoint`.
+    """
     return convert_checkpoint(read_checkpoint(src), str(src), src_format, arch, ema)
 
 

@@ -23,11 +23,13 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a ``.pth``/``.pt``/``.bin`` (weights only) or ``.safetensors`` file.
+    """Read a ``.pth``/``.pt``/``.bin`` (weights only) or ``.safetensors`` file,
+    or a Hugging Face model directory (``config.json`` and its weights, sharded or not).
 
     Raises:
         CheckpointError: the file is missing, truncated, not a checkpoint, or
-            holds pickled objects other than tensors and plain containers.
+            holds pickled objects other than tensors and plain containers; a
+            directory is not a ConvNeXt model directory.
     """
     path_str = str(path)
     try:
@@ -36,6 +38,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(str(exc)) from exc
     if not local.exists():
         raise CheckpointError(f'{path_str}: no such file')
+    if local.is_dir():
+        from .layouts.huggingface import read_model_directory
+        return read_model_directory(local, path_str, read_checkpoint)
     if not local.is_file():
         raise CheckpointError(f'{path_str}: not a file')
     if local.suffix == '.safetensors':

@@ -8,55 +8,19 @@ from typing import Any
 
 import torch
 from mmengine.model import BaseModule
-from mmengine.registry import WEIGHT_INITIALIZERS
 from timm.layers import trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..arch import (  # noqa: F401  (re-exported: the arch table's historic home)
+    ARCH_SETTINGS,
+    MIN_INPUT_SIZE,
+    NUM_STAGES,
+    STAGE_STRIDES,
+    resolve_arch,
+)
+from ..checkpoint.convert import load_pretrained
 from .layers import ConvNeXtBlock, LayerNorm2d
-
-#: Stage depths and widths: the paper's T/S/B/L/XL and the smaller
-#: atto/femto/pico/nano of the later ConvNeXt family.
-ARCH_SETTINGS: dict[str, dict[str, tuple[int, ...]]] = {
-    'atto': dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320)),
-    'femto': dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384)),
-    'pico': dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512)),
-    'nano': dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640)),
-    'tiny': dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
-    'small': dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
-    'base': dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
-    'large': dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
-    'xlarge': dict(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048)),
-}
-
-NUM_STAGES = 4
-#: Output stride of each stage.
-STAGE_STRIDES = (4, 8, 16, 32)
-#: Smallest input side of the full backbone (its total stride); a backbone built up to
-#: stage ``k`` only needs ``STAGE_STRIDES[k]``.
-MIN_INPUT_SIZE = STAGE_STRIDES[-1]
-
-
-def resolve_arch(arch: str | None, depths: Sequence[int] | None,
-                 dims: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Return ``(depths, dims)`` from an arch name or from explicit values."""
-    if (depths is None) != (dims is None):
-        raise ValueError('depths and dims must be given together, got '
-                         f'depths={depths!r}, dims={dims!r}')
-    if depths is not None:
-        if arch is not None:
-            raise ValueError(f'give either arch or depths/dims, not both (got arch={arch!r})')
-        for name, values in (('depths', depths), ('dims', dims)):
-            if (not isinstance(values, Sequence) or len(values) != NUM_STAGES
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                               for v in values)):
-                raise ValueError(f'{name} must be {NUM_STAGES} positive integers, got {values!r}')
-        return tuple(depths), tuple(dims)
-    arch = 'tiny' if arch is None else arch
-    if arch not in ARCH_SETTINGS:
-        raise ValueError(f'arch must be one of {", ".join(ARCH_SETTINGS)} (or None with '
-                         f'explicit depths/dims), got {arch!r}')
-    return ARCH_SETTINGS[arch]['depths'], ARCH_SETTINGS[arch]['dims']
 
 
 def _check_args(in_channels: Any, out_indices: Any, drop_path_rate: Any,
@@ -107,7 +71,8 @@ class ConvNeXt(BaseModule):
 
     Args:
         arch: One of ``atto, femto, pico, nano, tiny, small, base, large,
-            xlarge``. Defaults to ``tiny`` unless ``depths``/``dims`` are given.
+            xlarge, huge`` (see :data:`convnext_dense.arch.ARCH_SETTINGS`).
+            Defaults to ``tiny`` unless ``depths``/``dims`` are given.
         depths: Number of blocks per stage (4 values); use with ``dims`` and
             without ``arch``.
         dims: Channels per stage (4 values).
@@ -214,9 +179,7 @@ class ConvNeXt(BaseModule):
             if cfg.get('prefix') not in (None, 'backbone.'):
                 raise ValueError(f"init_cfg prefix {cfg['prefix']!r} is not supported: the "
                                  'checkpoint layout (and its backbone. prefix) is detected')
-            # convnext_dense.checkpoint registers it: converts any known layout in memory
-            WEIGHT_INITIALIZERS.build(dict(type='ConvNeXtPretrained',
-                                           checkpoint=cfg['checkpoint']))(self)
+            load_pretrained(self, cfg['checkpoint'])  # any known layout, converted in memory
             self._is_init = True
             return
         super().init_weights()

@@ -257,7 +257,7 @@ def test_failed_conversion_leaves_no_file(tmp_path):
     dst = tmp_path / 'dst.pth'
     result = run_cli(str(src), str(dst))
     assert result.returncode == 1
-    assert 'not a ConvNeXt checkpoint' in result.stderr and str(src) in result.stderr
+    assert 'a ResNet, not a ConvNeXt' in result.stderr and str(src) in result.stderr
     assert not dst.exists()
 
 
@@ -308,7 +308,7 @@ def test_pickle_with_code_is_refused_not_run(tmp_path):
 def test_unreadable_files(tmp_path, timm_pth):
     with pytest.raises(CheckpointError, match='missing.pth: no such file'):
         read_checkpoint(tmp_path / 'missing.pth')
-    with pytest.raises(CheckpointError, match='not a file'):
+    with pytest.raises(CheckpointError, match='a directory without config.json'):
         read_checkpoint(tmp_path)
     text = tmp_path / 'notes.pth'
     text.write_text('these are not weights\n')

@@ -8,7 +8,7 @@ import timm
 import torch
 
 from convnext_dense import ConvNeXt
-from convnext_dense.checkpoint.formats import timm_to_official
+from convnext_dense.checkpoint.layouts.timm import timm_to_official
 from tests.conftest import randomize_, relative_error
 
 # (timm model name, backbone kwargs): every ConvNeXt size timm has, V1 and V2 (GRN).
