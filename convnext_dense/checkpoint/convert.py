@@ -198,7 +198,7 @@ def convert_checkpoint(checkpoint: dict[str, Any], source: str = '<in memory>',
     if src_format is None:
         if detected is None:
             foreign = describe_foreign(list(state_dict))
-            what = f'{foreign}, not a ConvNeXt' if foreign else \
+            what = foreign or \
                 f'not a ConvNeXt checkpoint in any known layout ({", ".join(CONVERTERS)})'
             raise CheckpointError(f'{source}: {what}; first keys: '
                                   f'{", ".join(list(state_dict)[:3]) or "none"}')
