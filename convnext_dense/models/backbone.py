@@ -98,9 +98,10 @@ class ConvNeXt(BaseModule):
         use_grn: Use ConvNeXt V2 blocks (Global Response Normalization);
             V2 checkpoints also need ``layer_scale_init_value=0``.
         init_cfg: mmengine initialisation config. ``dict(type='Pretrained',
-            checkpoint=PATH_OR_URL)`` loads ImageNet weights of any layout that
-            :mod:`convnext_dense.checkpoint.convert` knows (official, timm, mmpretrain,
-            this package's), converted in memory; the weights of stages that are
+            checkpoint=PATH_OR_URL)`` loads pretrained weights of any layout of
+            :mod:`convnext_dense.checkpoint.layouts` (the paper's release, FCMAE,
+            DINOv3, Hugging Face files and directories, timm, mmpretrain, this
+            package's), converted in memory; the weights of stages that are
             not built are skipped (and logged). Without it, weights get the
             official initialisation (truncated normal, std 0.02).
 
