@@ -337,7 +337,7 @@ def test_grn_variant_changes_the_block():
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(arch='huge'), "arch must be one of"),
+    (dict(arch='gigantic'), "arch must be one of"),
     (dict(arch='tiny', depths=(1, 1, 1, 1), dims=(8, 8, 8, 8)), 'either arch or depths'),
     (dict(depths=(1, 1, 1)), 'depths and dims must be given together'),
     (dict(depths=(1, 1, 1), dims=(8, 8, 8)), 'depths must be 4 positive integers'),
