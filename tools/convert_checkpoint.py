@@ -5,8 +5,16 @@ mmpretrain, or an mmdet/mmseg model with this backbone; detects the layout and
 the arch; writes DST atomically. SRC is never modified, DST is never
 overwritten without --force.
 
-Example:
+With --whole, SRC is a whole trained detector/segmentor (mmdet 3.x / mmseg 1.x
+ConvNeXt configs, the paper's mmdet 2.x / mmseg 0.x release, this project's):
+only its backbone is renamed, neck and heads are kept, and DST is read by
+load_from, tools/test.py and tools/infer.py. --config compares every key and
+shape with the model a config builds and refuses a misfit.
+
+Examples:
     python tools/convert_checkpoint.py convnext_tiny_1k_224_ema.pth convnext_t.pth
+    python tools/convert_checkpoint.py --whole mask-rcnn_convnext-t_coco.pth mask_rcnn_t.pth \
+        --config configs/mask_rcnn_convnext_t_coco.py
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ from convnext_dense import ARCH_SETTINGS
 from convnext_dense.checkpoint.convert import convert_and_save
 from convnext_dense.checkpoint.io import CheckpointError
 from convnext_dense.checkpoint.layouts import CONVERTERS
+from convnext_dense.checkpoint.whole_model import WHOLE_LAYOUTS, convert_whole_and_save
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,15 +41,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--ema', action='store_true',
                         help='take the EMA weights where the checkpoint has both')
     parser.add_argument('--force', action='store_true', help='overwrite an existing DST')
-    return parser.parse_args(argv)
+    whole = parser.add_argument_group('whole detectors and segmentors')
+    whole.add_argument('--whole', action='store_true',
+                       help='SRC is a whole detector/segmentor: rename its backbone, keep its '
+                            f'neck and heads (layouts: {", ".join(WHOLE_LAYOUTS)})')
+    whole.add_argument('--config', help='with --whole: refuse unless every key and shape '
+                                        'fits the model this config builds')
+    args = parser.parse_args(argv)
+    if args.config and not args.whole:
+        parser.error('--config checks a whole model: use it with --whole')
+    if args.whole and args.ema:
+        parser.error('--ema is not supported with --whole (whole models are converted from '
+                     'their main weights)')
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        conversion = convert_and_save(args.src, args.dst, force=args.force,
-                                      src_format=args.src_format, arch=args.arch, ema=args.ema)
-    except (CheckpointError, FileExistsError) as exc:
+        if args.whole:
+            conversion = convert_whole_and_save(args.src, args.dst, config=args.config,
+                                                force=args.force, src_format=args.src_format,
+                                                arch=args.arch)
+        else:
+            conversion = convert_and_save(args.src, args.dst, force=args.force,
+                                          src_format=args.src_format, arch=args.arch,
+                                          ema=args.ema)
+    except (CheckpointError, FileExistsError, FileNotFoundError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
     print(conversion.report())

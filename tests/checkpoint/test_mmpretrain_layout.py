@@ -3,30 +3,24 @@
 mmpretrain 1.2.0 cannot live in the project's environment (it fails to import next to
 transformers 5, and mmdet imports it whenever it is installed), so ``make setup``
 installs it into an overlay folder, ``<venv>/overlays/mmpretrain``. A subprocess with
-that folder first on ``sys.path`` and ``transformers`` hidden (as a module and as an
-installed distribution, which mmpretrain checks too) builds mmpretrain's
-models with random weights and writes their state dicts, an input and mmpretrain's
-backbone features (``out_indices=(0, 1, 2, 3)``, ``gap_before_final_norm=False``).
+that folder on ``sys.path`` and ``transformers`` hidden (:mod:`tests.checkpoint.
+mmpretrain_overlay`) builds mmpretrain's models with random weights and writes their
+state dicts, an input and mmpretrain's backbone features (``out_indices=(0, 1, 2, 3)``,
+``gap_before_final_norm=False``).
 This process, which cannot import mmpretrain, converts the state dicts with
 :func:`convert_checkpoint`, loads them into this package's ConvNeXt and compares.
 """
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from convnext_dense import ConvNeXt
 from convnext_dense.checkpoint.convert import convert_checkpoint
-from tests.conftest import REPO, relative_error
-
-#: Where ``make setup`` installs mmpretrain and the runtime dependencies .venv lacks.
-OVERLAY = Path(sys.prefix) / 'overlays' / 'mmpretrain'
-MMPRETRAIN_VERSION = '1.2.0'
+from tests.checkpoint.mmpretrain_overlay import OVERLAY, run_with_mmpretrain
+from tests.conftest import relative_error
 
 #: Each case: mmpretrain backbone arguments, and whether the model is an ImageNet
 #: classifier (ImageClassifier + LinearClsHead, pooled final norm) or a dense model
@@ -42,29 +36,11 @@ CASES = {
                           use_grn=True, layer_scale_init_value=0.0), False),
 }
 
-# Runs with the overlay first on sys.path. argv: overlay, output file, repr(CASES), version.
+# Runs with mmpretrain importable (run_with_mmpretrain). argv: output file, repr(CASES).
 REFERENCE_SCRIPT = r'''
-import ast, sys
-overlay, out, cases = sys.argv[1], sys.argv[2], ast.literal_eval(sys.argv[3])
-import torch
-from tests.conftest import randomize_  # this repository's tests, imported before the overlay
-sys.path.insert(0, overlay)
-# mmpretrain 1.2.0 breaks on transformers 5: hide it, as a module and as an installed
-# distribution (mmpretrain's WITH_MULTIMODAL asks importlib_metadata, the overlay's copy)
-sys.modules['transformers'] = None
-import importlib_metadata
-_distribution = importlib_metadata.distribution
-def _no_transformers(name):
-    if name.lower() == 'transformers':
-        raise importlib_metadata.PackageNotFoundError(name)
-    return _distribution(name)
-importlib_metadata.distribution = _no_transformers
-import mmpretrain
+import ast
+out, cases = sys.argv[1], ast.literal_eval(sys.argv[2])
 from mmpretrain.models import ConvNeXt, ImageClassifier
-from mmpretrain.utils.dependency import WITH_MULTIMODAL
-assert not WITH_MULTIMODAL and sys.modules.get('transformers') is None
-assert mmpretrain.__file__.startswith(overlay), mmpretrain.__file__
-assert mmpretrain.__version__ == sys.argv[4], mmpretrain.__version__
 
 x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
 results = {}
@@ -101,17 +77,8 @@ torch.save(dict(input=x, results=results), out)
 @pytest.fixture(scope='module')
 def mmpretrain_reference(tmp_path_factory) -> dict:
     """State dicts and features of mmpretrain's real models (one subprocess for all cases)."""
-    if not (OVERLAY / 'mmpretrain' / '__init__.py').is_file():
-        pytest.fail(f'mmpretrain {MMPRETRAIN_VERSION} overlay not found at {OVERLAY}: run '
-                    '`make setup` (it installs mmpretrain there, outside site-packages)',
-                    pytrace=False)
     out = tmp_path_factory.mktemp('mmpretrain') / 'reference.pth'
-    result = subprocess.run(
-        [sys.executable, '-c', REFERENCE_SCRIPT, str(OVERLAY), str(out), repr(CASES),
-         MMPRETRAIN_VERSION], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, (
-        f'building mmpretrain models from the overlay {OVERLAY} failed (rerun `make setup` '
-        'if it is incomplete):\n' + (result.stdout + result.stderr)[-5000:])
+    run_with_mmpretrain(REFERENCE_SCRIPT, str(out), repr(CASES))
     return torch.load(out, weights_only=True)
 
 

@@ -1,0 +1,367 @@
+"""Convert whole detector/segmentor checkpoints: rename the backbone, keep neck and heads.
+
+A trained Mask R-CNN, Cascade Mask R-CNN or UperNet checkpoint becomes one that
+``load_from=``, ``tools/test.py CONFIG DST`` and ``tools/infer.py CONFIG DST`` read with
+this project's configs. Only keys under ``backbone.`` change:
+
+* mmdet 3.x / mmseg 1.x ConvNeXt configs (backbone ``mmpretrain.ConvNeXt``, layout
+  ``mmpretrain``): ``stages.N.M.depthwise_conv`` -> ``dwconv``, ``pointwise_convK`` ->
+  ``pwconvK``; the downsampling layers and output norms ``norm{i}`` keep their names;
+* the paper's mmdet 2.x / mmseg 0.x release and this project's own checkpoints (layout
+  ``mmdet/mmseg``): the official names already; passed through, checked.
+
+Neck and head keys are kept as they are: Mask R-CNN, Cascade Mask R-CNN (``ConvFCBBoxHead``
+with shared convs) and UperNet + FCN auxiliary head use the same parameter names in mmdet 2.x
+and 3.x and in mmseg 0.x and 1.x (mmdet 3.x's and mmseg 1.x's own ConvNeXt model zoos serve
+the weights trained with mmdet 2.x / mmseg 0.x for their 3.x / 1.x configs unchanged).
+The checkpoint's ``meta`` (``dataset_meta``, mmdet 2.x's ``CLASSES`` ...) is kept and the
+conversion recorded under ``meta['convnext_dense']``; training state (optimizer, message hub,
+schedulers) is left out. Given a config, every key and shape is compared with the model it
+builds, and a misfit is refused with what differs in words (number of classes, head type,
+backbone arch) and the first mismatching keys. No key is ever dropped silently.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..utils import first_n_and_more, refuse_overwrite
+from .convert import (
+    EMA_WEIGHT_KEYS,
+    MAIN_WEIGHT_KEYS,
+    ArchInfo,
+    convert_checkpoint,
+    summarise_keys,
+    unwrap,
+)
+from .io import CheckpointError, read_checkpoint, write_checkpoint_atomically
+from .layouts import describe_foreign, detect_format
+from .layouts.common import StateDict
+from .safe_loading import mmengine_safe_globals
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
+    from torch import nn
+
+#: Layouts of whole models this module converts, and where such checkpoints come from.
+WHOLE_LAYOUTS = {
+    'mmpretrain': 'mmdet 3.x / mmseg 1.x ConvNeXt configs, backbone mmpretrain.ConvNeXt',
+    'mmdet/mmseg': "official backbone names: the paper's mmdet 2.x / mmseg 0.x release, "
+                   "this project's checkpoints",
+}
+#: Checkpoint entries carried over besides the weights.
+_META_KEY = 'meta'
+#: Last module names of class-score layers (their output rows count classes).
+_CLASSIFIERS = ('fc_cls', 'conv_logits', 'conv_seg', 'conv_cls')
+_MAX_LISTED = 4
+_BACKBONE = 'backbone.'
+
+
+@dataclass
+class WholeConversion:
+    """A whole detector/segmentor checkpoint with its backbone in this project's layout."""
+
+    source: str
+    src_format: str
+    arch: ArchInfo
+    state_dict: StateDict
+    renamed: dict[str, str]
+    kept: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)
+    config: str | None = None
+
+    @property
+    def model(self) -> str:
+        """What the checkpoint holds, in words (``Mask R-CNN (one box head ...)``)."""
+        return describe_model(self.state_dict)
+
+    def report(self) -> str:
+        """A short human-readable summary: what was renamed, kept, left out and checked."""
+        backbone = sum(k.startswith(_BACKBONE) for k in self.state_dict)
+        renames = Counter(_rename_pattern(old, new) for old, new in self.renamed.items())
+        lines = [f'source:    {self.source}',
+                 f'format:    {self.src_format} ({WHOLE_LAYOUTS[self.src_format]})',
+                 f'model:     {self.model}',
+                 f'arch:      {self.arch}',
+                 f'backbone:  {backbone} tensors, ' + (
+                     f'{len(self.renamed)} renamed: ' + ', '.join(
+                         f'{pattern} ({count})' for pattern, count in renames.items())
+                     if self.renamed else "none renamed (already this project's layout)"),
+                 f'kept:      {len(self.kept)} tensors as they are: {summarise_keys(self.kept)}',
+                 f'meta:      {", ".join(sorted(self.meta)) or "none"} kept; the conversion '
+                 "recorded under meta['convnext_dense']"]
+        training = [k for k in self.left_out if k not in EMA_WEIGHT_KEYS]
+        ema = [k for k in self.left_out if k in EMA_WEIGHT_KEYS]
+        left_out = ([f'{", ".join(training)} (training state)'] if training else []) + (
+            [f'{", ".join(ema)} (EMA weights; the main weights are converted)'] if ema else [])
+        if left_out:
+            lines.append(f'left out:  {"; ".join(left_out)}')
+        lines.append(f'checked:   every key and shape fits {self.config}' if self.config else
+                     'checked:   backbone only (pass --config CONFIG to compare every key and '
+                     'shape with the model it builds)')
+        return '\n'.join(lines)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """An mmengine checkpoint: ``state_dict`` and the source's ``meta`` plus this record."""
+        record = dict(whole=True, source=self.source, src_format=self.src_format,
+                      arch=self.arch.name, renamed=len(self.renamed), config=self.config,
+                      **{k: list(v) if isinstance(v, tuple) else v
+                         for k, v in asdict(self.arch).items()})
+        return dict(state_dict=self.state_dict, meta={**self.meta, 'convnext_dense': record})
+
+
+def _rename_pattern(old: str, new: str) -> str:
+    """The components that differ: ``depthwise_conv -> dwconv``."""
+    changed = [(a, b) for a, b in zip(old.split('.'), new.split('.')) if a != b]
+    return ', '.join(f'{a} -> {b}' for a, b in changed) or 'reshaped'
+
+
+def describe_model(keys: Iterable[str]) -> str:
+    """Name the kind of model a state dict's keys belong to, with its heads.
+
+    ``'Cascade Mask R-CNN (3 box-head stages of 4 shared convs + 1 shared fc, mask heads)'``,
+    ``'Mask R-CNN (one box head of 2 shared fcs, mask head)'``,
+    ``'segmentor (decode_head, auxiliary_head)'``, ``'one-stage detector (bbox_head)'``.
+    """
+    keys = list(keys)
+    parts = sorted({k.split('.')[0] for k in keys} - {'backbone', 'neck', 'data_preprocessor'})
+    if 'decode_head' in parts:
+        return f'segmentor ({", ".join(parts)})'
+    if 'roi_head' not in parts:
+        return f'one-stage detector ({", ".join(parts)})' if 'bbox_head' in parts else \
+            f'model with {", ".join(parts) or "a backbone only"}'
+    stages = {m[1] for k in keys if (m := re.match(r'^roi_head\.bbox_head\.(\d+)\.', k))}
+    masks = any(k.startswith('roi_head.mask_head.') for k in keys)
+    box = _box_head_layers(keys, 'roi_head.bbox_head.0.' if stages else 'roi_head.bbox_head.')
+    if stages:
+        return (f'Cascade {"Mask " if masks else ""}R-CNN ({len(stages)} box-head stages{box}'
+                f'{", mask heads" if masks else ""})')
+    return (f'{"Mask" if masks else "Faster"} R-CNN (one box head{box}'
+            f'{", mask head" if masks else ""})')
+
+
+def _box_head_layers(keys: list[str], prefix: str) -> str:
+    """`` of 4 shared convs + 1 shared fc`` for a ``ConvFCBBoxHead`` at ``prefix``."""
+    counts = []
+    for layer, name in (('shared_convs', 'shared conv'), ('shared_fcs', 'shared fc')):
+        pattern = re.compile(re.escape(prefix + layer) + r'\.(\d+)\.')
+        n = len({m[1] for k in keys if (m := pattern.match(k))})
+        if n:
+            counts.append(f'{n} {name}{"s" if n > 1 else ""}')
+    return f' of {" + ".join(counts)}' if counts else ''
+
+
+def _refuse_non_whole(state_dict: StateDict, src_format: str | None, source: str) -> None:
+    """Refuse backbone and classifier checkpoints and models of other families."""
+    if src_format is None:
+        foreign = describe_foreign(list(state_dict))
+        raise CheckpointError(f'{source}: ' + (foreign or (
+            'not a ConvNeXt detector/segmentor in a known layout '
+            f'({", ".join(WHOLE_LAYOUTS)}); first keys: '
+            f'{", ".join(list(state_dict)[:3]) or "none"}')))
+    hint = ('--whole converts whole detectors/segmentors; convert backbone weights without '
+            '--whole (tools/convert_checkpoint.py SRC DST) and load them with the backbone\'s '
+            'init_cfg')
+    parts = {k.split('.')[0] for k in state_dict if not k.startswith(_BACKBONE)}
+    if parts == {'head'}:
+        raise CheckpointError(f'{source}: an ImageNet classifier (backbone and head only, '
+                              f'{src_format} layout), not a detector/segmentor; {hint}')
+    if not parts or not any(k.startswith(_BACKBONE) for k in state_dict):
+        raise CheckpointError(f'{source}: backbone weights without neck or heads '
+                              f'({src_format} layout), not a detector/segmentor; {hint}')
+    if src_format not in WHOLE_LAYOUTS:
+        raise CheckpointError(f'src_format for a whole model must be one of '
+                              f'{", ".join(WHOLE_LAYOUTS)}, got {src_format!r}')
+
+
+def convert_whole_checkpoint(checkpoint: dict[str, Any], source: str = '<in memory>',
+                             src_format: str | None = None,
+                             arch: str | None = None) -> WholeConversion:
+    """Rename the backbone of a loaded whole-model checkpoint; keep everything else.
+
+    Args:
+        checkpoint: What ``torch.load`` returned (``state_dict`` and ``meta``, or a bare
+            state dict).
+        source: Name used in messages and the report.
+        src_format: ``'mmpretrain'`` or ``'mmdet/mmseg'`` (see :data:`WHOLE_LAYOUTS`);
+            detected from the keys when None.
+        arch: Expected backbone arch; detected from the shapes when None.
+
+    Raises:
+        CheckpointError: not a whole ConvNeXt detector/segmentor (a backbone or classifier
+            checkpoint, another model family), or a backbone key fits no ConvNeXt key.
+    """
+    state_dict, _ = unwrap(checkpoint, ema=False, source=source)
+    detected = detect_format(state_dict) if src_format is None else src_format
+    _refuse_non_whole(state_dict, detected, source)
+    backbone = convert_checkpoint({'state_dict': state_dict}, source, detected, arch)
+    old_keys = [k for k in state_dict if k.startswith(_BACKBONE)]
+    new_keys = [_BACKBONE + k for k in backbone.state_dict]
+    if len(old_keys) != len(new_keys):  # the layout left out a backbone tensor
+        raise CheckpointError(f'{source}: backbone tensors without a place in this backbone: '
+                              + summarise_keys(sorted(set(backbone.dropped) & set(old_keys))))
+    kept = [k for k in state_dict if not k.startswith(_BACKBONE)]
+    converted = dict(zip(new_keys, backbone.state_dict.values()))
+    converted.update((k, state_dict[k]) for k in kept)
+    weights_entry = next((k for k in MAIN_WEIGHT_KEYS if isinstance(checkpoint.get(k), dict)),
+                         None)
+    # a bare state dict has no meta and no training state
+    left_out = [k for k in checkpoint if weights_entry and k not in (weights_entry, _META_KEY)]
+    meta = checkpoint.get(_META_KEY) if weights_entry else None
+    return WholeConversion(
+        source, detected, backbone.arch, converted,
+        renamed={old: new for old, new in zip(old_keys, new_keys) if old != new},
+        kept=kept, meta=dict(meta) if isinstance(meta, dict) else {}, left_out=left_out)
+
+
+def read_whole_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint safely; mmengine's training state (message hub) is allowed."""
+    with torch.serialization.safe_globals(mmengine_safe_globals()):
+        return read_checkpoint(src)
+
+
+# --- fitting a config's model ------------------------------------------------------------
+
+
+def build_target_model(config: str | os.PathLike | Config) -> nn.Module:
+    """The config's model, built on the meta device (shapes only) where it can be.
+
+    Raises:
+        CheckpointError: the config cannot be read or its model cannot be built.
+    """
+    from mmengine.config import Config
+
+    from ..apis.models import build_model
+    from ..apis.runner import load_config
+    try:
+        cfg = config if isinstance(config, Config) else load_config(str(config))
+        try:
+            with torch.device('meta'):
+                return build_model(cfg)
+        except (NotImplementedError, RuntimeError):  # a module that computes at build time
+            return build_model(cfg)
+    except Exception as exc:  # any config error: say which config
+        raise CheckpointError(
+            f'--config {getattr(config, "filename", None) or config}: cannot build its model '
+            f'({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""}); give '
+            "a config of this project's model, e.g. configs/mask_rcnn_convnext_t_coco.py"
+        ) from exc
+
+
+def _num_classes(model: nn.Module, key: str) -> int | None:
+    """``num_classes`` of the head that owns the class-score layer ``key``, if it is one."""
+    parts = key.split('.')
+    if len(parts) < 3 or parts[-2] not in _CLASSIFIERS:
+        return None
+    for end in range(len(parts) - 2, 0, -1):
+        owner = model.get_submodule('.'.join(parts[:end]))
+        if isinstance(getattr(owner, 'num_classes', None), int):
+            return owner.num_classes
+    return None
+
+
+def _shape_problem(model: nn.Module, key: str, actual: torch.Size,
+                   expected: torch.Size) -> tuple[str, str | None]:
+    """Describe one shape mismatch, and the number-of-classes difference it shows."""
+    line = f'{key}: checkpoint {tuple(actual)} vs config {tuple(expected)}'
+    config_classes = _num_classes(model, key)
+    if config_classes is None or actual[1:] != expected[1:]:
+        return line, None
+    checkpoint_classes = config_classes + actual[0] - expected[0]
+    words = f'the config has {config_classes} classes, the checkpoint {checkpoint_classes}'
+    return f'{line}: {words}', f'number of classes: {words}'
+
+
+def _config_arch(model: nn.Module) -> ArchInfo | str:
+    from ..models.backbone import ConvNeXt
+    backbone = getattr(model, 'backbone', None)
+    if isinstance(backbone, ConvNeXt):
+        return ArchInfo.of_model(backbone)
+    return f'a {type(backbone).__name__} (not this project\'s ConvNeXt)'
+
+
+def misfit_reasons(conversion: WholeConversion, model: nn.Module) -> tuple[list[str], list[str]]:
+    """Compare every key and shape with ``model``.
+
+    Returns ``(differences in words, mismatching keys)``: the keys as one line each for
+    shapes, unexpected and missing keys (the first few of each); both empty when all fit.
+    """
+    expected = model.state_dict()
+    reasons: list[str] = []
+    classifiers, shapes = [], []  # the class-score layers' lines first: they say the most
+    for key, value in expected.items():
+        actual = conversion.state_dict.get(key)
+        if actual is not None and actual.shape != value.shape:
+            line, reason = _shape_problem(model, key, actual.shape, value.shape)
+            (classifiers if reason else shapes).append(line)
+            if reason and reason not in reasons:
+                reasons.append(reason)
+    shapes = classifiers + shapes
+    unexpected = [k for k in conversion.state_dict if k not in expected]
+    missing = [k for k in expected if k not in conversion.state_dict]
+    lines = [f'wrong shape {len(shapes)}: ' + first_n_and_more(shapes, _MAX_LISTED, sep='; ')
+             ] if shapes else []
+    lines += [f'{what} {len(keys)}: {first_n_and_more(keys, _MAX_LISTED)}'
+              for what, keys in (('unexpected', unexpected), ('missing', missing)) if keys]
+    if not lines:
+        return [], []
+    checkpoint_model, config_model = conversion.model, describe_model(expected)
+    if checkpoint_model != config_model:
+        reasons.insert(0, f'head type: the checkpoint is a {checkpoint_model}, the config a '
+                          f'{config_model}')
+    config_arch = _config_arch(model)
+    if config_arch != conversion.arch:
+        reasons.append(f'backbone arch: the checkpoint has ConvNeXt {conversion.arch}, the '
+                       f'config {config_arch}')
+    return reasons, lines
+
+
+def check_against_config(conversion: WholeConversion,
+                         config: str | os.PathLike | Config) -> None:
+    """Refuse unless every key and shape fits the model that ``config`` builds.
+
+    Raises:
+        CheckpointError: names what differs in words (number of classes, head type,
+            backbone arch) and the first mismatching keys.
+    """
+    model = build_target_model(config)
+    name = getattr(config, 'filename', None) or str(config)
+    reasons, lines = misfit_reasons(conversion, model)
+    if lines:
+        words = '; '.join(reasons) if reasons else 'keys differ'
+        raise CheckpointError(f'{conversion.source} does not fit {name} '
+                              f'({type(model).__name__}): {words}. ' + '. '.join(lines))
+    conversion.config = name
+
+
+def convert_whole_file(src: str | os.PathLike, config: str | os.PathLike | None = None,
+                       src_format: str | None = None, arch: str | None = None) -> WholeConversion:
+    """Read ``src`` and convert it; with ``config``, also check that it fits that model."""
+    conversion = convert_whole_checkpoint(read_whole_checkpoint(src), str(src), src_format, arch)
+    if config is not None:
+        check_against_config(conversion, config)
+    return conversion
+
+
+def convert_whole_and_save(src: str | os.PathLike, dst: str | os.PathLike,
+                           config: str | os.PathLike | None = None, force: bool = False,
+                           **kwargs: Any) -> WholeConversion:
+    """Convert ``src`` (see :func:`convert_whole_file`) and write it atomically to ``dst``.
+
+    ``src`` is never modified; an existing ``dst`` is kept unless ``force``; a refused
+    conversion writes nothing.
+    """
+    if Path(dst).exists() and Path(src).exists() and Path(dst).samefile(src):
+        raise FileExistsError(f'{dst} is the source checkpoint; choose another destination')
+    refuse_overwrite(dst, force)
+    conversion = convert_whole_file(src, config, **kwargs)
+    write_checkpoint_atomically(conversion.to_checkpoint(), dst, force=force)
+    return conversion
