@@ -9,8 +9,8 @@ from mmengine.registry import DefaultScope
 from torch import nn
 
 from ..checkpoint.io import CheckpointError, read_checkpoint
+from ..checkpoint.model_fit import describe_misfit
 from ..checkpoint.safe_loading import mmengine_safe_globals
-from ..utils import first_n_and_more
 from .runner import toolbox_of
 
 
@@ -33,25 +33,15 @@ def load_trained_weights(model: nn.Module, checkpoint: str | os.PathLike) -> Non
 
     Raises:
         CheckpointError: the file cannot be read, or its weights do not fit the model: the
-            message names the first missing, unexpected and wrongly shaped keys.
+            message says what differs (number of classes, head type, backbone arch, an
+            unconverted mmdet 3.x / mmseg 1.x ConvNeXt checkpoint) and names the first
+            missing, unexpected and wrongly shaped keys.
     """
     with torch.serialization.safe_globals(mmengine_safe_globals()):
         loaded = read_checkpoint(checkpoint)
     state = loaded.get('state_dict', loaded)
     state = {k.removeprefix('module.'): v for k, v in state.items()}
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f'{k} {tuple(state[k].shape)} (model: {tuple(v.shape)})'
-              for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        problems = []
-        if missing:
-            problems.append(f'missing {len(missing)}: {first_n_and_more(missing)}')
-        if unexpected:
-            problems.append(f'unexpected {len(unexpected)}: {first_n_and_more(unexpected)}')
-        if shapes:
-            problems.append(f'wrong shape {len(shapes)}: {first_n_and_more(shapes)}')
-        raise CheckpointError(f'{checkpoint}: the checkpoint does not fit the config\'s model '
-                              f'({type(model).__name__}); ' + '; '.join(problems))
+    problem = describe_misfit(state, model, str(checkpoint), "the config's model")
+    if problem:
+        raise CheckpointError(problem)
     model.load_state_dict(state)

@@ -23,16 +23,14 @@ backbone arch) and the first mismatching keys. No key is ever dropped silently.
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..utils import first_n_and_more, refuse_overwrite
+from ..utils import refuse_overwrite
 from .convert import (
     EMA_WEIGHT_KEYS,
     MAIN_WEIGHT_KEYS,
@@ -44,6 +42,7 @@ from .convert import (
 from .io import CheckpointError, read_checkpoint, write_checkpoint_atomically
 from .layouts import describe_foreign, detect_format
 from .layouts.common import StateDict
+from .model_fit import describe_misfit, describe_model
 from .safe_loading import mmengine_safe_globals
 
 if TYPE_CHECKING:
@@ -58,9 +57,6 @@ WHOLE_LAYOUTS = {
 }
 #: Checkpoint entries carried over besides the weights.
 _META_KEY = 'meta'
-#: Last module names of class-score layers (their output rows count classes).
-_CLASSIFIERS = ('fc_cls', 'conv_logits', 'conv_seg', 'conv_cls')
-_MAX_LISTED = 4
 _BACKBONE = 'backbone.'
 
 
@@ -122,41 +118,6 @@ def _rename_pattern(old: str, new: str) -> str:
     """The components that differ: ``depthwise_conv -> dwconv``."""
     changed = [(a, b) for a, b in zip(old.split('.'), new.split('.')) if a != b]
     return ', '.join(f'{a} -> {b}' for a, b in changed) or 'reshaped'
-
-
-def describe_model(keys: Iterable[str]) -> str:
-    """Name the kind of model a state dict's keys belong to, with its heads.
-
-    ``'Cascade Mask R-CNN (3 box-head stages of 4 shared convs + 1 shared fc, mask heads)'``,
-    ``'Mask R-CNN (one box head of 2 shared fcs, mask head)'``,
-    ``'segmentor (decode_head, auxiliary_head)'``, ``'one-stage detector (bbox_head)'``.
-    """
-    keys = list(keys)
-    parts = sorted({k.split('.')[0] for k in keys} - {'backbone', 'neck', 'data_preprocessor'})
-    if 'decode_head' in parts:
-        return f'segmentor ({", ".join(parts)})'
-    if 'roi_head' not in parts:
-        return f'one-stage detector ({", ".join(parts)})' if 'bbox_head' in parts else \
-            f'model with {", ".join(parts) or "a backbone only"}'
-    stages = {m[1] for k in keys if (m := re.match(r'^roi_head\.bbox_head\.(\d+)\.', k))}
-    masks = any(k.startswith('roi_head.mask_head.') for k in keys)
-    box = _box_head_layers(keys, 'roi_head.bbox_head.0.' if stages else 'roi_head.bbox_head.')
-    if stages:
-        return (f'Cascade {"Mask " if masks else ""}R-CNN ({len(stages)} box-head stages{box}'
-                f'{", mask heads" if masks else ""})')
-    return (f'{"Mask" if masks else "Faster"} R-CNN (one box head{box}'
-            f'{", mask head" if masks else ""})')
-
-
-def _box_head_layers(keys: list[str], prefix: str) -> str:
-    """`` of 4 shared convs + 1 shared fc`` for a ``ConvFCBBoxHead`` at ``prefix``."""
-    counts = []
-    for layer, name in (('shared_convs', 'shared conv'), ('shared_fcs', 'shared fc')):
-        pattern = re.compile(re.escape(prefix + layer) + r'\.(\d+)\.')
-        n = len({m[1] for k in keys if (m := pattern.match(k))})
-        if n:
-            counts.append(f'{n} {name}{"s" if n > 1 else ""}')
-    return f' of {" + ".join(counts)}' if counts else ''
 
 
 def _refuse_non_whole(state_dict: StateDict, src_format: str | None, source: str) -> None:
@@ -256,74 +217,6 @@ def build_target_model(config: str | os.PathLike | Config) -> nn.Module:
         ) from exc
 
 
-def _num_classes(model: nn.Module, key: str) -> int | None:
-    """``num_classes`` of the head that owns the class-score layer ``key``, if it is one."""
-    parts = key.split('.')
-    if len(parts) < 3 or parts[-2] not in _CLASSIFIERS:
-        return None
-    for end in range(len(parts) - 2, 0, -1):
-        owner = model.get_submodule('.'.join(parts[:end]))
-        if isinstance(getattr(owner, 'num_classes', None), int):
-            return owner.num_classes
-    return None
-
-
-def _shape_problem(model: nn.Module, key: str, actual: torch.Size,
-                   expected: torch.Size) -> tuple[str, str | None]:
-    """Describe one shape mismatch, and the number-of-classes difference it shows."""
-    line = f'{key}: checkpoint {tuple(actual)} vs config {tuple(expected)}'
-    config_classes = _num_classes(model, key)
-    if config_classes is None or actual[1:] != expected[1:]:
-        return line, None
-    checkpoint_classes = config_classes + actual[0] - expected[0]
-    words = f'the config has {config_classes} classes, the checkpoint {checkpoint_classes}'
-    return f'{line}: {words}', f'number of classes: {words}'
-
-
-def _config_arch(model: nn.Module) -> ArchInfo | str:
-    from ..models.backbone import ConvNeXt
-    backbone = getattr(model, 'backbone', None)
-    if isinstance(backbone, ConvNeXt):
-        return ArchInfo.of_model(backbone)
-    return f'a {type(backbone).__name__} (not this project\'s ConvNeXt)'
-
-
-def misfit_reasons(conversion: WholeConversion, model: nn.Module) -> tuple[list[str], list[str]]:
-    """Compare every key and shape with ``model``.
-
-    Returns ``(differences in words, mismatching keys)``: the keys as one line each for
-    shapes, unexpected and missing keys (the first few of each); both empty when all fit.
-    """
-    expected = model.state_dict()
-    reasons: list[str] = []
-    classifiers, shapes = [], []  # the class-score layers' lines first: they say the most
-    for key, value in expected.items():
-        actual = conversion.state_dict.get(key)
-        if actual is not None and actual.shape != value.shape:
-            line, reason = _shape_problem(model, key, actual.shape, value.shape)
-            (classifiers if reason else shapes).append(line)
-            if reason and reason not in reasons:
-                reasons.append(reason)
-    shapes = classifiers + shapes
-    unexpected = [k for k in conversion.state_dict if k not in expected]
-    missing = [k for k in expected if k not in conversion.state_dict]
-    lines = [f'wrong shape {len(shapes)}: ' + first_n_and_more(shapes, _MAX_LISTED, sep='; ')
-             ] if shapes else []
-    lines += [f'{what} {len(keys)}: {first_n_and_more(keys, _MAX_LISTED)}'
-              for what, keys in (('unexpected', unexpected), ('missing', missing)) if keys]
-    if not lines:
-        return [], []
-    checkpoint_model, config_model = conversion.model, describe_model(expected)
-    if checkpoint_model != config_model:
-        reasons.insert(0, f'head type: the checkpoint is a {checkpoint_model}, the config a '
-                          f'{config_model}')
-    config_arch = _config_arch(model)
-    if config_arch != conversion.arch:
-        reasons.append(f'backbone arch: the checkpoint has ConvNeXt {conversion.arch}, the '
-                       f'config {config_arch}')
-    return reasons, lines
-
-
 def check_against_config(conversion: WholeConversion,
                          config: str | os.PathLike | Config) -> None:
     """Refuse unless every key and shape fits the model that ``config`` builds.
@@ -332,13 +225,11 @@ def check_against_config(conversion: WholeConversion,
         CheckpointError: names what differs in words (number of classes, head type,
             backbone arch) and the first mismatching keys.
     """
-    model = build_target_model(config)
     name = getattr(config, 'filename', None) or str(config)
-    reasons, lines = misfit_reasons(conversion, model)
-    if lines:
-        words = '; '.join(reasons) if reasons else 'keys differ'
-        raise CheckpointError(f'{conversion.source} does not fit {name} '
-                              f'({type(model).__name__}): {words}. ' + '. '.join(lines))
+    problem = describe_misfit(conversion.state_dict, build_target_model(config),
+                              conversion.source, name)
+    if problem:
+        raise CheckpointError(problem)
     conversion.config = name
 
 
