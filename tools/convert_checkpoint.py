@@ -1,6 +1,7 @@
-"""Convert an ImageNet ConvNeXt checkpoint into the convnext_dense backbone layout.
+"""Convert a pretrained ConvNeXt checkpoint into the convnext_dense backbone layout.
 
-Reads the paper's official release (V1/V2), timm (.pth/.safetensors),
+Reads the paper's release (V1, V2, V2 FCMAE pre-training), DINOv3 ConvNeXt,
+Hugging Face files and save_pretrained directories, timm (.pth/.safetensors),
 mmpretrain, or an mmdet/mmseg model with this backbone; detects the layout and
 the arch; writes DST atomically. SRC is never modified, DST is never
 overwritten without --force.
