@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
-    parser.add_argument('src', help='source checkpoint: a path or an http(s) URL')
+    parser.add_argument('src', help='source checkpoint: a file, a Hugging Face model directory '
+                        '(save_pretrained) or an http(s) URL')
     parser.add_argument('dst', help='where to write the converted checkpoint')
     parser.add_argument('--src-format', choices=list(CONVERTERS),
                         help='source layout (default: detected from the keys)')
