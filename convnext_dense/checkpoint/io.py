@@ -7,6 +7,7 @@ temporary file in the destination folder, then a rename.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 from pathlib import Path
@@ -16,6 +17,11 @@ import torch
 
 from ..utils import atomic_file, refuse_overwrite
 from .download import DownloadError, local_path
+
+#: Classes allowed in a weights-only read besides tensors and containers. The paper's
+#: training scripts (ConvNeXt, ConvNeXt V2 incl. FCMAE pre-training) save their command line
+#: as ``args``, an ``argparse.Namespace``: unpickling one only sets attributes.
+SAFE_EXTRA_GLOBALS = (argparse.Namespace,)
 
 
 class CheckpointError(ValueError):
@@ -46,7 +52,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if local.suffix == '.safetensors':
         return _read_safetensors(local, path_str)
     try:
-        obj = torch.load(local, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals(list(SAFE_EXTRA_GLOBALS)):
+            obj = torch.load(local, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
         if 'Weights only load failed' in str(exc):
             unsafe = _unsafe_globals(local)

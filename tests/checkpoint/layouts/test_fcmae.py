@@ -9,6 +9,8 @@ The weights are random and not symmetric, so a row-major reading would fail.
 """
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
@@ -107,7 +109,9 @@ def test_the_kernel_order_is_not_symmetric(backbone):
 
 def test_cli_and_init_cfg(tmp_path, backbone):
     src = tmp_path / 'convnextv2_custom_1k_224_fcmae.pt'
-    torch.save({'model': fcmae_state(backbone)}, src)
+    # as the release's main_pretrain.py saves it: its command line rides along as a Namespace
+    torch.save({'model': fcmae_state(backbone), 'epoch': 799,
+                'args': argparse.Namespace(model='convnextv2_custom', mask_ratio=0.6)}, src)
     dst = tmp_path / 'converted.pth'
     result = run_tool_main('convert_checkpoint', str(src), str(dst))
     assert result.returncode == 0, result.stderr
