@@ -35,6 +35,26 @@ MLP_RATIO = 4
 STEM_KERNEL, DOWNSAMPLE_KERNEL, DEPTHWISE_KERNEL = 4, 2, 7
 
 
+#: Output strides a backbone can be built with: 32 (the paper's), or 16 / 8 with the last
+#: one / two stages dilated instead of downsampled (DeepLab-style segmentors).
+OUTPUT_STRIDES = (32, 16, 8)
+
+
+def stage_strides_and_dilations(output_stride: int = 32
+                                ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Each stage's output stride, and the dilation of its depthwise convolutions.
+
+    At ``output_stride`` 16 the last stage keeps stride 16 and dilates by 2; at 8 the
+    last two keep stride 8 and dilate by 2 and 4: ``(4, 8, 16, 16), (1, 1, 1, 2)`` and
+    ``(4, 8, 8, 8), (1, 1, 2, 4)``.
+    """
+    if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f'output_stride must be one of 32, 16, 8, got {output_stride!r}')
+    strides = tuple(min(stride, output_stride) for stride in STAGE_STRIDES)
+    dilations = tuple(stride // strides[i] for i, stride in enumerate(STAGE_STRIDES))
+    return strides, dilations
+
+
 def resolve_arch(arch: str | None, depths: Sequence[int] | None,
                  dims: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Return ``(depths, dims)`` from an arch name or from explicit values."""

@@ -18,9 +18,10 @@ from ..arch import (  # noqa: F401  (re-exported: the arch table's historic home
     NUM_STAGES,
     STAGE_STRIDES,
     resolve_arch,
+    stage_strides_and_dilations,
 )
 from ..checkpoint.convert import load_pretrained
-from .layers import ConvNeXtBlock, LayerNorm2d
+from .layers import ConvNeXtBlock, DilatedDownsampleConv2d, LayerNorm2d
 
 
 def _check_args(in_channels: Any, out_indices: Any, drop_path_rate: Any,
@@ -97,6 +98,13 @@ class ConvNeXt(BaseModule):
             more compute, identical results).
         use_grn: Use ConvNeXt V2 blocks (Global Response Normalization);
             V2 checkpoints also need ``layer_scale_init_value=0``.
+        output_stride: 32 (the paper's), or 16 / 8 for DeepLab-style heads: the last
+            one (16) or two (8) stages keep the resolution instead of halving it, and
+            their depthwise convolutions dilate by 2 (and 4) instead. Their downsampling
+            convolutions become :class:`~convnext_dense.models.layers.DilatedDownsampleConv2d`
+            (stride 1, right/bottom padding). Keys and shapes are those of
+            ``output_stride=32``, so every checkpoint loads unchanged, and the stages
+            before the first dilated one compute exactly what they did.
         init_cfg: mmengine initialisation config. ``dict(type='Pretrained',
             checkpoint=PATH_OR_URL)`` loads pretrained weights of any layout of
             :mod:`convnext_dense.checkpoint.layouts` (the paper's release, FCMAE,
@@ -110,7 +118,9 @@ class ConvNeXt(BaseModule):
         num_built_stages: ``max(out_indices) + 1``: ``downsample_layers`` and
             ``stages`` hold this many entries, and only they run.
         out_channels: Channels of each returned feature map.
-        out_strides: Stride of each returned feature map.
+        out_strides: Stride of each returned feature map (16 or 8 at most with
+            ``output_stride``).
+        dilations: Dilation of each built stage's depthwise convolutions.
         min_input_size: Smallest input height/width: the stride of the last
             built stage.
     """
@@ -119,7 +129,7 @@ class ConvNeXt(BaseModule):
                  dims: Sequence[int] | None = None, in_channels: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3), drop_path_rate: float = 0.0,
                  layer_scale_init_value: float = 1e-6, frozen_stages: int = 0,
-                 with_cp: bool = False, use_grn: bool = False,
+                 with_cp: bool = False, use_grn: bool = False, output_stride: int = 32,
                  init_cfg: dict | list[dict] | None = None, **unknown: Any) -> None:
         if unknown:
             raise TypeError(unknown_arguments_message(type(self), unknown))
@@ -132,20 +142,25 @@ class ConvNeXt(BaseModule):
         self.frozen_stages = frozen_stages
         self.with_cp = bool(with_cp)
         self.use_grn = bool(use_grn)
+        strides, dilations = stage_strides_and_dilations(output_stride)
+        self.output_stride = output_stride
         self.out_channels = tuple(self.dims[i] for i in self.out_indices)
-        self.out_strides = tuple(STAGE_STRIDES[i] for i in self.out_indices)
+        self.out_strides = tuple(strides[i] for i in self.out_indices)
         # Stages after the last returned one are not built: nothing depends on them.
         self.num_built_stages = max(self.out_indices) + 1
-        self.min_input_size = STAGE_STRIDES[self.num_built_stages - 1]
+        self.dilations = dilations[:self.num_built_stages]
+        self.min_input_size = strides[self.num_built_stages - 1]
 
         self.downsample_layers = nn.ModuleList()
         self.downsample_layers.append(nn.Sequential(
             nn.Conv2d(in_channels, self.dims[0], kernel_size=4, stride=4),
             LayerNorm2d(self.dims[0])))
         for i in range(1, self.num_built_stages):
-            self.downsample_layers.append(nn.Sequential(
-                LayerNorm2d(self.dims[i - 1]),
-                nn.Conv2d(self.dims[i - 1], self.dims[i], kernel_size=2, stride=2)))
+            if strides[i] == strides[i - 1]:  # a dilated stage keeps the resolution
+                conv = DilatedDownsampleConv2d(self.dims[i - 1], self.dims[i], dilations[i - 1])
+            else:
+                conv = nn.Conv2d(self.dims[i - 1], self.dims[i], kernel_size=2, stride=2)
+            self.downsample_layers.append(nn.Sequential(LayerNorm2d(self.dims[i - 1]), conv))
 
         # Rates over all blocks of the full arch: a built block keeps the rate it has in
         # the full backbone, whatever out_indices is.
@@ -155,7 +170,8 @@ class ConvNeXt(BaseModule):
             first = sum(self.depths[:i])
             self.stages.append(nn.Sequential(*[
                 ConvNeXtBlock(self.dims[i], drop_path=rates[first + j],
-                              layer_scale_init_value=layer_scale_init_value, use_grn=use_grn)
+                              layer_scale_init_value=layer_scale_init_value, use_grn=use_grn,
+                              dilation=dilations[i])
                 for j in range(depth)]))
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(self.dims[i]))

@@ -32,42 +32,45 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 class _DepthwiseConv2dFunction(torch.autograd.Function):
-    """Stride-1 'same' depthwise convolution with a faster CPU backward.
+    """Stride-1 'same' (optionally dilated) depthwise convolution with a faster CPU backward.
 
     oneDNN's depthwise backward-weights kernel is 3-40x slower than the forward
     on CPU (worst on small maps such as the 7x7 of stage 3). Here the input
     gradient is a forward convolution with the flipped kernel and the weight
     gradient is, per sample, a depthwise convolution of the (zero-padded) input with
-    the output gradient as kernel: both run on oneDNN's fast forward path.
+    the output gradient as kernel (strided by the dilation): both run on oneDNN's fast
+    forward path.
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type='cpu')
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                padding: int) -> torch.Tensor:
+                padding: int, dilation: int) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.padding = padding
+        ctx.padding, ctx.dilation = padding, dilation
         ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, 1, padding, 1, x.shape[1])
+        return F.conv2d(x, weight, bias, 1, padding, dilation, x.shape[1])
 
     @staticmethod
     @torch.amp.custom_bwd(device_type='cpu')
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        pad, channels = ctx.padding, x.shape[1]
+        pad, dilation, channels = ctx.padding, ctx.dilation, x.shape[1]
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.conv2d(grad, weight.flip(2, 3), None, 1, pad, 1, channels).to(x.dtype)
+            grad_x = F.conv2d(grad, weight.flip(2, 3), None, 1, pad, dilation,
+                              channels).to(x.dtype)
         if ctx.needs_input_grad[1]:
             # oneDNN is fastest on NCHW here; the output is (1, C, k, k) per sample
             x_nchw, grad_nchw = x.contiguous(), grad.contiguous()
             grad_weight = torch.zeros_like(weight)
             for n in range(x.shape[0]):
                 grad_weight += F.conv2d(x_nchw[n:n + 1], grad_nchw[n].unsqueeze(1),
-                                        padding=pad, groups=channels).view_as(weight)
+                                        stride=dilation, padding=pad,
+                                        groups=channels).view_as(weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 2, 3), dtype=weight.dtype)
-        return grad_x, grad_weight, grad_bias, None
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 class DepthwiseConv2d(nn.Conv2d):
@@ -80,19 +83,47 @@ class DepthwiseConv2d(nn.Conv2d):
     Args:
         channels: Input and output channels (one filter per channel).
         kernel_size: Odd kernel size.
+        dilation: Spacing of the kernel's taps (a dilated backbone's later stages); the
+            padding grows with it, so the output keeps the input's size.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 7) -> None:
+    def __init__(self, channels: int, kernel_size: int = 7, dilation: int = 1) -> None:
         if kernel_size % 2 != 1:
             raise ValueError(f'kernel_size must be odd, got {kernel_size}')
-        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2,
-                         groups=channels)
+        super().__init__(channels, channels, kernel_size, padding=dilation * (kernel_size // 2),
+                         dilation=dilation, groups=channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != 'cpu' or not torch.is_grad_enabled() or not (
                 x.requires_grad or self.weight.requires_grad):
             return super().forward(x)
-        return _DepthwiseConv2dFunction.apply(x, self.weight, self.bias, self.padding[0])
+        return _DepthwiseConv2dFunction.apply(x, self.weight, self.bias, self.padding[0],
+                                              self.dilation[0])
+
+
+class DilatedDownsampleConv2d(nn.Conv2d):
+    """A stage's 2x2 downsampling convolution turned into a resolution-keeping one.
+
+    For a dilated backbone (``output_stride`` 16 or 8): the same parameters and state-dict
+    keys as the ``kernel_size=2, stride=2`` convolution it replaces, applied at stride 1
+    with ``dilation`` and ``dilation`` zeros of padding on the right and bottom only, so
+    the output keeps the input's size: ``y[j] = sum_a w[a] * x[j + dilation * a]``. The
+    weights still do what they did: where the input is the stride-2 layer's input spread
+    out by ``dilation`` (its values at every ``dilation``-th position), the output at every
+    ``2 * dilation``-th position is the stride-2 layer's output.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        dilation: The dilation of the stage before it (1 for the first dilated stage).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=2, stride=1, dilation=dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.dilation[0] * (self.kernel_size[0] - 1)
+        return super().forward(F.pad(x, (0, pad, 0, pad)))
 
 
 def _find_linear_pointwise() -> Any:
@@ -147,12 +178,14 @@ class ConvNeXtBlock(nn.Module):
         use_grn: Insert ConvNeXt V2 Global Response Normalization after the
             MLP activation.
         mlp_ratio: Hidden width of the MLP relative to ``dim``.
+        dilation: Dilation of the 7x7 depthwise convolution (a dilated backbone's later
+            stages); parameters and keys are unchanged.
     """
 
     def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init_value: float = 1e-6,
-                 use_grn: bool = False, mlp_ratio: int = 4) -> None:
+                 use_grn: bool = False, mlp_ratio: int = 4, dilation: int = 1) -> None:
         super().__init__()
-        self.dwconv = DepthwiseConv2d(dim, kernel_size=7)
+        self.dwconv = DepthwiseConv2d(dim, kernel_size=7, dilation=dilation)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, mlp_ratio * dim)
         self.act = nn.GELU()

@@ -338,6 +338,8 @@ def test_grn_variant_changes_the_block():
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(arch='gigantic'), "arch must be one of"),
+    (dict(output_stride=4), 'output_stride must be one of 32, 16, 8, got 4'),
+    (dict(output_stride=True), 'output_stride must be one of 32, 16, 8, got True'),
     (dict(arch='tiny', depths=(1, 1, 1, 1), dims=(8, 8, 8, 8)), 'either arch or depths'),
     (dict(depths=(1, 1, 1)), 'depths and dims must be given together'),
     (dict(depths=(1, 1, 1), dims=(8, 8, 8)), 'depths must be 4 positive integers'),
@@ -385,3 +387,54 @@ def test_typo_through_the_mmdet_registry():
     from mmdet.registry import MODELS
     with pytest.raises(TypeError, match="did you mean 'frozen_stages'"):
         MODELS.build(dict(type='ConvNeXt', arch='atto', frozen_stage=1))
+
+
+# --- dilated backbones (output_stride 16 and 8) ------------------------------------------
+
+
+@pytest.mark.parametrize('output_stride, strides, dilations', [
+    (16, (4, 8, 16, 16), (1, 1, 1, 2)),
+    (8, (4, 8, 8, 8), (1, 1, 2, 4)),
+])
+def test_dilated_backbone_keeps_keys_and_the_undilated_stages(output_stride, strides, dilations):
+    reference = randomize_(ConvNeXt(arch='atto'), seed=1).eval()
+    dilated = ConvNeXt(arch='atto', output_stride=output_stride).eval()
+    # every checkpoint of the paper's backbone loads unchanged: same keys, same shapes
+    assert {k: v.shape for k, v in dilated.state_dict().items()} == \
+        {k: v.shape for k, v in reference.state_dict().items()}
+    dilated.load_state_dict(reference.state_dict())
+    assert dilated.out_strides == strides and dilated.dilations == dilations
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected, actual = reference(x), dilated(x)
+    first_dilated = dilations.index(2)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert a.shape == (2, ARCH_SETTINGS['atto']['dims'][i], 64 // strides[i], 96 // strides[i])
+        if i < first_dilated:  # the stages before the first dilated one: exactly as before
+            assert torch.equal(a, e), i
+        else:  # compared with the undilated stage in the test below
+            assert torch.isfinite(a).all()
+
+
+def test_dilated_stage_matches_the_undilated_one_away_from_the_border():
+    """At output stride 16 the last stage, on the positions that correspond to the stride-32
+    grid, equals the undilated stage where no padding is in reach (the image interior)."""
+    reference = randomize_(ConvNeXt(arch='atto', out_indices=(3,)), seed=2).eval()
+    dilated = ConvNeXt(arch='atto', out_indices=(3,), output_stride=16).eval()
+    dilated.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 3, 32 * 24, 32 * 24)
+    with torch.no_grad():
+        expected, actual = reference(x)[0], dilated(x)[0]
+    # stage 3 has two 7x7 blocks: 6 stride-32 positions from each border see no padding
+    interior = slice(6, 24 - 6)
+    sampled = actual[..., ::2, ::2]
+    torch.testing.assert_close(sampled[..., interior, interior], expected[..., interior, interior],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_dilated_backbone_trains_with_fewer_stages_and_checkpointing():
+    model = ConvNeXt(arch='atto', out_indices=(0, 2), output_stride=8, with_cp=True)
+    assert model.out_strides == (4, 8) and model.num_built_stages == 3
+    outs = model(torch.randn(2, 3, 64, 64))
+    sum(o.float().mean() for o in outs).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from convnext_dense.models.layers import ConvNeXtBlock, DepthwiseConv2d
+from convnext_dense.models.layers import ConvNeXtBlock, DepthwiseConv2d, DilatedDownsampleConv2d
 from tests.conftest import randomize_, relative_error
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
@@ -21,12 +21,14 @@ def reference_block_forward(block: ConvNeXtBlock, x: torch.Tensor) -> torch.Tens
     return x + y.permute(0, 3, 1, 2)
 
 
+@pytest.mark.parametrize('dilation', [1, 2, 4])
 @pytest.mark.parametrize('memory_format', FORMATS)
 @pytest.mark.parametrize('shape', [(3, 8, 9, 7), (1, 16, 32, 33), (2, 4, 2, 3)])
-def test_depthwise_conv_gradients_equal_conv2d(shape, memory_format):
+def test_depthwise_conv_gradients_equal_conv2d(shape, memory_format, dilation):
     torch.manual_seed(0)
-    conv = DepthwiseConv2d(shape[1])
-    reference = nn.Conv2d(shape[1], shape[1], 7, padding=3, groups=shape[1])
+    conv = DepthwiseConv2d(shape[1], dilation=dilation)
+    reference = nn.Conv2d(shape[1], shape[1], 7, padding=3 * dilation, dilation=dilation,
+                          groups=shape[1])
     reference.load_state_dict(conv.state_dict())
     x = torch.randn(shape).contiguous(memory_format=memory_format)
     grad = torch.randn(shape)
@@ -40,10 +42,30 @@ def test_depthwise_conv_gradients_equal_conv2d(shape, memory_format):
         assert relative_error(actual, expected) < 1e-5
 
 
-def test_depthwise_conv_gradcheck():
-    conv = DepthwiseConv2d(3, kernel_size=5).double()
+@pytest.mark.parametrize('dilation', [1, 2])
+def test_depthwise_conv_gradcheck(dilation):
+    conv = DepthwiseConv2d(3, kernel_size=5, dilation=dilation).double()
     x = torch.randn(2, 3, 6, 5, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(conv, (x,))
+
+
+@pytest.mark.parametrize('dilation', [1, 2])
+def test_dilated_downsample_conv_keeps_what_the_stride_2_conv_computes(dilation):
+    """On the stride-2 layer's input spread out by ``dilation``, the output at every
+    ``2 * dilation``-th position is the stride-2 output; the size is kept."""
+    torch.manual_seed(0)
+    strided = nn.Conv2d(6, 10, kernel_size=2, stride=2)
+    dilated = DilatedDownsampleConv2d(6, 10, dilation=dilation)
+    assert dilated.state_dict().keys() == strided.state_dict().keys()
+    dilated.load_state_dict(strided.state_dict())
+    x = torch.randn(2, 6, 8, 12)
+    spread = torch.randn(2, 6, 8 * dilation, 12 * dilation)  # other positions: anything
+    spread[..., ::dilation, ::dilation] = x
+    with torch.no_grad():
+        out = dilated(spread)
+        assert out.shape == (2, 10, 8 * dilation, 12 * dilation)
+        step = 2 * dilation
+        torch.testing.assert_close(out[..., ::step, ::step], strided(x), rtol=1e-5, atol=1e-6)
 
 
 def test_depthwise_conv_keeps_conv2d_keys_and_rejects_even_kernels():
