@@ -86,8 +86,43 @@ RELEASE = {
 }
 
 
+# Configs with other heads (issue #17): the paper's backbone and training recipe of the config
+# named, this project's output stride, and the parameter count tools/get_flops.py gives (the
+# README's row; millions).
+OTHER_HEADS = {
+    'deeplabv3plus_convnext_t_os8_ade20k_512.py': ('upernet_convnext_t_ade20k_512.py', 8, 43.2),
+    'deeplabv3plus_convnext_t_os16_ade20k_512.py': ('upernet_convnext_t_ade20k_512.py', 16, 43.2),
+}
+
+
 def test_every_config_is_covered():
-    assert sorted(p.name for p in CONFIGS.glob('*.py')) == sorted(RECIPES) == sorted(RELEASE)
+    assert sorted(RECIPES) == sorted(RELEASE)
+    assert sorted(p.name for p in CONFIGS.glob('*.py')) == sorted({**RECIPES, **OTHER_HEADS})
+
+
+@pytest.mark.parametrize('name', sorted(OTHER_HEADS))
+def test_other_heads_keep_the_papers_backbone_and_recipe(name):
+    recipe_name, output_stride, params = OTHER_HEADS[name]
+    cfg, recipe = (Config.fromfile(str(CONFIGS / n)) for n in (name, recipe_name))
+    backbone = cfg.model.backbone.to_dict()
+    assert backbone.pop('output_stride') == output_stride
+    assert backbone == recipe.model.backbone.to_dict()
+    for key in ('optim_wrapper', 'param_scheduler', 'train_cfg', 'auto_scale_lr', 'randomness',
+                'train_dataloader', 'tta_pipeline', 'tta_model'):
+        assert cfg[key] == recipe[key], key
+    assert cfg.model.test_cfg == recipe.model.test_cfg
+    assert cfg.model.data_preprocessor == recipe.model.data_preprocessor
+    result = model_complexity(cfg, with_flops=False)
+    assert result.params / 1e6 == pytest.approx(params, abs=0.05)
+
+
+def test_deeplab_heads_read_the_right_stages():
+    for name, rates in (('deeplabv3plus_convnext_t_os8_ade20k_512.py', (1, 12, 24, 36)),
+                        ('deeplabv3plus_convnext_t_os16_ade20k_512.py', (1, 6, 12, 18))):
+        head = Config.fromfile(str(CONFIGS / name)).model.decode_head
+        assert (head.type, head.in_index, head.in_channels, head.c1_in_channels) == (
+            'DepthwiseSeparableASPPHead', 3, 768, 96)
+        assert tuple(head.dilations) == rates and head.num_classes == 150
 
 
 @pytest.mark.parametrize('name', sorted(RELEASE))

@@ -153,6 +153,21 @@ def test_segmentation_train_then_test(tmp_path, ade_root):
     assert 0.0 <= printed_metrics(result.stdout)['mIoU'] <= 100.0
 
 
+@pytest.mark.parametrize('config', ['deeplabv3plus_convnext_t_os8_ade20k_512.py',
+                                    'deeplabv3plus_convnext_t_os16_ade20k_512.py'])
+def test_other_segmentation_heads_train_one_iteration(tmp_path, ade_root, config):
+    """One CPU iteration and a validation of each other-head config on the tiny dataset."""
+    work_dir = tmp_path / 'work'
+    options = ade_options(ade_root) + ['train_cfg.max_iters=1', 'train_cfg.val_interval=1',
+                                       'default_hooks.checkpoint.interval=1']
+    result = run_tool('train.py', f'configs/{config}', '--work-dir', str(work_dir),
+                      '--cfg-options', *options)
+    log = result.stdout + result.stderr
+    assert 'ConvNeXtLayerDecayOptimizerConstructor: stage_wise decay' in log
+    assert 'Iter(train) [1/1]' in log and 'mIoU' in log
+    assert (work_dir / 'iter_1.pth').is_file()
+
+
 def training_losses(log: str) -> list[str]:
     return [line.split('loss: ')[1].split()[0] for line in log.splitlines()
             if 'Iter(train)' in line and 'loss: ' in line]
