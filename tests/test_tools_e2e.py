@@ -153,19 +153,33 @@ def test_segmentation_train_then_test(tmp_path, ade_root):
     assert 0.0 <= printed_metrics(result.stdout)['mIoU'] <= 100.0
 
 
+MASK_RCNN_CLASSES = ['model.roi_head.bbox_head.num_classes', 'model.roi_head.mask_head.num_classes']
+
+
 @pytest.mark.parametrize('config', ['deeplabv3plus_convnext_t_os8_ade20k_512.py',
-                                    'deeplabv3plus_convnext_t_os16_ade20k_512.py'])
-def test_other_segmentation_heads_train_one_iteration(tmp_path, ade_root, config):
-    """One CPU iteration and a validation of each other-head config on the tiny dataset."""
+                                    'deeplabv3plus_convnext_t_os16_ade20k_512.py',
+                                    'upernet_convnextv2_t_ade20k_512.py',
+                                    'upernet_convnextv2_b_ade20k_512.py',
+                                    'mask_rcnn_convnextv2_t_coco.py',
+                                    'mask_rcnn_convnextv2_b_coco.py'])
+def test_configs_beyond_the_paper_train_one_iteration(tmp_path, ade_root, coco_root, config):
+    """One CPU iteration and a validation of each config with another head or a V2 backbone
+    on the tiny datasets."""
     work_dir = tmp_path / 'work'
-    options = ade_options(ade_root) + ['train_cfg.max_iters=1', 'train_cfg.val_interval=1',
-                                       'default_hooks.checkpoint.interval=1']
+    if 'coco' in config:  # one epoch of one iteration: 2 of the 4 training images
+        options = coco_options(coco_root, MASK_RCNN_CLASSES, crop_branch=False) + [
+            'train_dataloader.dataset.indices=2']
+        done, checkpoint, metric = 'Epoch(train) [1][1/1]', 'epoch_1.pth', 'coco/bbox_mAP'
+    else:
+        options = ade_options(ade_root) + ['train_cfg.max_iters=1', 'train_cfg.val_interval=1',
+                                           'default_hooks.checkpoint.interval=1']
+        done, checkpoint, metric = 'Iter(train) [1/1]', 'iter_1.pth', 'mIoU'
     result = run_tool('train.py', f'configs/{config}', '--work-dir', str(work_dir),
                       '--cfg-options', *options)
     log = result.stdout + result.stderr
-    assert 'ConvNeXtLayerDecayOptimizerConstructor: stage_wise decay' in log
-    assert 'Iter(train) [1/1]' in log and 'mIoU' in log
-    assert (work_dir / 'iter_1.pth').is_file()
+    assert 'ConvNeXtLayerDecayOptimizerConstructor' in log
+    assert done in log and metric in log
+    assert (work_dir / checkpoint).is_file()
 
 
 def training_losses(log: str) -> list[str]:

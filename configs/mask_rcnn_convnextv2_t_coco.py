@@ -1,0 +1,12 @@
+# Mask R-CNN, ConvNeXt V2-T (FCMAE pre-trained, ImageNet-1K fine-tuned), COCO 3x.
+# The V2 backbone: GRN in every block and no layer scale, from the V2 release's fine-tuned
+# weights; its FCMAE pre-training file (.../convnextv2/pt_only/convnextv2_tiny_1k_224_fcmae.pt)
+# loads the same way (its sparse layout is detected). The V2 paper published no detection
+# config: the rest is the paper's (V1) Mask R-CNN-T recipe unchanged (drop path 0.4, AdamW lr
+# 1e-4, layer-wise decay 0.95 over 6 layers, 3x multi-scale + crop), this project's choice.
+_base_ = './mask_rcnn_convnext_t_coco.py'
+
+model = dict(
+    backbone=dict(
+        use_grn=True, layer_scale_init_value=0.0,
+        init_cfg=dict(checkpoint='https://dl.fbaipublicfiles.com/convnext/convnextv2/im1k/convnextv2_tiny_1k_224_ema.pt')))
