@@ -16,7 +16,7 @@ from convnext_dense.apis.runner import (
     set_randomness,
     toolbox_of,
 )
-from tests.conftest import load_tool
+from tests.conftest import load_packaged_config, load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / 'configs'
@@ -114,9 +114,43 @@ OTHER_CONFIGS = {
 }
 
 
+#: DETR-family configs: the toolbox's reference config of the head, the paper's backbone recipe
+#: of the config named; parameters as above.
+DETR_CONFIGS = {
+    'dino_4scale_convnext_t_coco.py': ('mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
+                                       'mask_rcnn_convnext_t_coco.py', 48.5),
+}
+
+
 def test_every_config_is_covered():
     assert sorted(RECIPES) == sorted(RELEASE)
-    assert sorted(p.name for p in CONFIGS.glob('*.py')) == sorted({**RECIPES, **OTHER_CONFIGS})
+    assert sorted(p.name for p in CONFIGS.glob('*.py')) == sorted(
+        {**RECIPES, **OTHER_CONFIGS, **DETR_CONFIGS})
+
+
+@pytest.mark.parametrize('name', sorted(DETR_CONFIGS))
+def test_detr_configs_take_the_head_from_mmdet_and_the_backbone_recipe_from_the_paper(
+        tmp_path, name):
+    head_config, recipe_name, params = DETR_CONFIGS[name]
+    cfg = Config.fromfile(str(CONFIGS / name))
+    reference = load_packaged_config(tmp_path, head_config)
+    recipe = Config.fromfile(str(CONFIGS / recipe_name))
+    backbone, recipe_backbone = cfg.model.backbone.to_dict(), recipe.model.backbone.to_dict()
+    assert backbone.pop('out_indices') == (1, 2, 3)  # strides 8-32; the mapper adds 64
+    recipe_backbone.pop('out_indices')
+    assert backbone == recipe_backbone
+    assert cfg.model.neck.in_channels == [192, 384, 768] and cfg.model.neck.num_outs == 4
+    for key in ('encoder', 'decoder', 'bbox_head', 'dn_cfg', 'train_cfg', 'test_cfg',
+                'num_queries', 'positional_encoding'):
+        assert cfg.model[key] == reference.model[key], key
+    for key in ('train_cfg', 'param_scheduler', 'train_dataloader', 'auto_scale_lr'):
+        assert cfg[key] == reference[key], key
+    wrapper = cfg.optim_wrapper
+    assert wrapper.clip_grad == reference.optim_wrapper.clip_grad  # the head's setting
+    assert (wrapper.constructor, wrapper.optimizer, wrapper.paramwise_cfg) == (
+        recipe.optim_wrapper.constructor, recipe.optim_wrapper.optimizer,
+        recipe.optim_wrapper.paramwise_cfg)
+    assert model_complexity(cfg, with_flops=False).params / 1e6 == pytest.approx(params, abs=0.05)
 
 
 @pytest.mark.parametrize('name', sorted(OTHER_CONFIGS))

@@ -49,7 +49,7 @@ def ade_root(tmp_path_factory) -> Path:
                                image_size=(128, 160), seed=0)
 
 
-def coco_options(root: Path, num_classes_keys: list[str], crop_branch: bool) -> list[str]:
+def coco_options(root: Path, num_classes_keys: list[str], crop_branch: bool | None) -> list[str]:
     options = loader_options(**{'dataset.data_root': f'{root}/',
                                 'dataset.metainfo.classes': CLASSES,
                                 'num_workers': '0', 'persistent_workers': 'False'})
@@ -63,12 +63,19 @@ def coco_options(root: Path, num_classes_keys: list[str], crop_branch: bool) -> 
     options += [f'{e}.ann_file={root}/annotations/instances_val.json'
                 for e in ('val_evaluator', 'test_evaluator')]
     policies = 'train_dataloader.dataset.pipeline.3'
+    if crop_branch is None:  # DETR's augmentation: RandomChoice of resize / resize-crop-resize
+        options += [f'{policies}.transforms.0.0.scales=[(128,160)]',
+                    f'{policies}.transforms.1.0.scales=[(96,160)]',
+                    f'{policies}.transforms.1.1.crop_size=(64,96)',
+                    f'{policies}.transforms.1.2.scales=[(128,160)]']
+    else:  # the paper's AutoAugment with the crop policy
+        options += [
+            f'{policies}.policies.0.0.scales=[(128,160),(160,200)]',
+            f'{policies}.policies.1.0.scales=[(96,160),(128,160)]',
+            f'{policies}.policies.1.1.crop_size=(64,96)',
+            f'{policies}.policies.1.2.scales=[(128,160)]',
+            f'{policies}.prob=' + ('[0.0,1.0]' if crop_branch else '[1.0,0.0]')]
     options += [
-        f'{policies}.policies.0.0.scales=[(128,160),(160,200)]',
-        f'{policies}.policies.1.0.scales=[(96,160),(128,160)]',
-        f'{policies}.policies.1.1.crop_size=(64,96)',
-        f'{policies}.policies.1.2.scales=[(128,160)]',
-        f'{policies}.prob=' + ('[0.0,1.0]' if crop_branch else '[1.0,0.0]'),
         'val_dataloader.dataset.pipeline.1.scale=(160,128)',
         'test_dataloader.dataset.pipeline.1.scale=(160,128)',
         'model.backbone.init_cfg=None',
@@ -161,14 +168,20 @@ MASK_RCNN_CLASSES = ['model.roi_head.bbox_head.num_classes', 'model.roi_head.mas
                                     'upernet_convnextv2_t_ade20k_512.py',
                                     'upernet_convnextv2_b_ade20k_512.py',
                                     'mask_rcnn_convnextv2_t_coco.py',
-                                    'mask_rcnn_convnextv2_b_coco.py'])
+                                    'mask_rcnn_convnextv2_b_coco.py',
+                                    'dino_4scale_convnext_t_coco.py'])
 def test_configs_beyond_the_paper_train_one_iteration(tmp_path, ade_root, coco_root, config):
     """One CPU iteration and a validation of each config with another head or a V2 backbone
     on the tiny datasets."""
     work_dir = tmp_path / 'work'
-    if 'coco' in config:  # one epoch of one iteration: 2 of the 4 training images
-        options = coco_options(coco_root, MASK_RCNN_CLASSES, crop_branch=False) + [
-            'train_dataloader.dataset.indices=2']
+    if config.startswith('dino'):  # one epoch of one iteration: 2 of the 4 training images
+        # 100 queries: the two-stage selection takes the top 900 of fewer tokens otherwise
+        options = coco_options(coco_root, ['model.bbox_head.num_classes'], crop_branch=None) + [
+            'model.num_queries=100']
+    if 'coco' in config:
+        if not config.startswith('dino'):
+            options = coco_options(coco_root, MASK_RCNN_CLASSES, crop_branch=False)
+        options.append('train_dataloader.dataset.indices=2')
         done, checkpoint, metric = 'Epoch(train) [1][1/1]', 'epoch_1.pth', 'coco/bbox_mAP'
     else:
         options = ade_options(ade_root) + ['train_cfg.max_iters=1', 'train_cfg.val_interval=1',

@@ -71,6 +71,21 @@ class DetectorDummyForward(torch.nn.Module):
         return outs
 
 
+class DetectorTensorForward(torch.nn.Module):
+    """Any other detector's (DETR family, one-stage) tensor-mode forward on one image."""
+
+    def __init__(self, detector: torch.nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: torch.Tensor):
+        from mmdet.structures import DetDataSample
+        shape = tuple(x.shape[-2:])
+        sample = DetDataSample(metainfo=dict(img_shape=shape, batch_input_shape=shape,
+                                             pad_shape=shape))
+        return self.detector._forward(x, [sample])
+
+
 class SegmentorForward(torch.nn.Module):
     """A segmentor's tensor-mode forward (backbone, neck, decode and auxiliary heads)."""
 
@@ -87,15 +102,20 @@ def model_complexity(cfg: Config, input_size: tuple[int, int] | None = None,
     """Count parameters (and FLOPs with mmengine's analyzer) of ``cfg.model``.
 
     FLOPs count one multiply-add as one FLOP, as the paper does, on one image:
-    for detectors the paper's dummy forward (:class:`DetectorDummyForward`),
-    for segmentors the tensor-mode forward with both heads.
+    for two-stage detectors the paper's dummy forward (:class:`DetectorDummyForward`),
+    for other detectors and for segmentors the tensor-mode forward with all heads.
     """
     size = tuple(input_size or paper_input_size(cfg))
     model = build_model(cfg).eval()
     params = sum(p.numel() for p in model.parameters())
     flops = None
     if with_flops:
-        wrapper = (DetectorDummyForward if toolbox_of(cfg) == 'mmdet' else SegmentorForward)
+        if toolbox_of(cfg) == 'mmseg':
+            wrapper = SegmentorForward
+        elif hasattr(model, 'roi_head') and hasattr(model, 'rpn_head'):
+            wrapper = DetectorDummyForward
+        else:
+            wrapper = DetectorTensorForward
         with torch.no_grad():
             analyzer = FlopAnalyzer(wrapper(model), (torch.zeros(1, 3, *size),))
             analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
