@@ -229,12 +229,17 @@ def convert_file(src: str | os.PathLike, src_format: str | None = None,
     return convert_checkpoint(read_checkpoint(src), str(src), src_format, arch, ema)
 
 
-def convert_and_save(src: str | os.PathLike, dst: str | os.PathLike, force: bool = False,
-                     **kwargs: Any) -> Conversion:
-    """Convert ``src`` and write it atomically to ``dst`` (never overwriting ``src``)."""
+def check_destination(src: str | os.PathLike, dst: str | os.PathLike, force: bool) -> None:
+    """Refuse, before any work, to write over ``src`` or (without ``force``) an existing ``dst``."""
     if Path(dst).exists() and Path(src).exists() and Path(dst).samefile(src):
         raise FileExistsError(f'{dst} is the source checkpoint; choose another destination')
     refuse_overwrite(dst, force)
+
+
+def convert_and_save(src: str | os.PathLike, dst: str | os.PathLike, force: bool = False,
+                     **kwargs: Any) -> Conversion:
+    """Convert ``src`` and write it atomically to ``dst`` (never overwriting ``src``)."""
+    check_destination(src, dst, force)
     conversion = convert_file(src, **kwargs)
     write_checkpoint_atomically(conversion.to_checkpoint(), dst, force=force)
     return conversion

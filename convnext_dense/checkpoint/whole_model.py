@@ -25,16 +25,15 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..utils import refuse_overwrite
 from .convert import (
     EMA_WEIGHT_KEYS,
     MAIN_WEIGHT_KEYS,
     ArchInfo,
+    check_destination,
     convert_checkpoint,
     summarise_keys,
     unwrap,
@@ -250,9 +249,7 @@ def convert_whole_and_save(src: str | os.PathLike, dst: str | os.PathLike,
     ``src`` is never modified; an existing ``dst`` is kept unless ``force``; a refused
     conversion writes nothing.
     """
-    if Path(dst).exists() and Path(src).exists() and Path(dst).samefile(src):
-        raise FileExistsError(f'{dst} is the source checkpoint; choose another destination')
-    refuse_overwrite(dst, force)
+    check_destination(src, dst, force)
     conversion = convert_whole_file(src, config, **kwargs)
     write_checkpoint_atomically(conversion.to_checkpoint(), dst, force=force)
     return conversion
