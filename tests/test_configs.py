@@ -9,6 +9,7 @@ from mmengine.config import Config
 from convnext_dense.apis.complexity import model_complexity
 from convnext_dense.apis.runner import (
     DatasetNotFoundError,
+    check_datasets,
     fit_dist_backend_to_device,
     fit_optim_wrapper_to_device,
     prepare_test_cfg,
@@ -122,10 +123,58 @@ DETR_CONFIGS = {
 }
 
 
+#: Mask2Former configs: the toolbox's reference config, the head's key in the model, the paper's
+#: backbone recipe of the config named; parameters as above.
+MASK2FORMER_CONFIGS = {
+    'mask2former_convnext_t_coco.py': ('mmdet::mask2former/mask2former_r50_8xb2-lsj-50e_coco.py',
+                                       'panoptic_head', 'mask_rcnn_convnext_t_coco.py', 47.7),
+    'mask2former_convnext_t_ade20k_512.py': (
+        'mmseg::mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py', 'decode_head',
+        'upernet_convnext_t_ade20k_512.py', 47.7),
+}
+
+
 def test_every_config_is_covered():
     assert sorted(RECIPES) == sorted(RELEASE)
     assert sorted(p.name for p in CONFIGS.glob('*.py')) == sorted(
-        {**RECIPES, **OTHER_CONFIGS, **DETR_CONFIGS})
+        {**RECIPES, **OTHER_CONFIGS, **DETR_CONFIGS, **MASK2FORMER_CONFIGS})
+
+
+def without(mapping: dict, *keys: str) -> dict:
+    """``mapping`` as a plain dict without ``keys``."""
+    plain = mapping.to_dict() if hasattr(mapping, 'to_dict') else dict(mapping)
+    return {k: v for k, v in plain.items() if k not in keys}
+
+
+@pytest.mark.parametrize('name', sorted(MASK2FORMER_CONFIGS))
+def test_mask2former_configs_take_the_head_from_the_toolbox_and_the_backbone_recipe_from_the_paper(
+        tmp_path, name):
+    head_config, head_key, recipe_name, params = MASK2FORMER_CONFIGS[name]
+    cfg = Config.fromfile(str(CONFIGS / name))
+    reference = load_packaged_config(tmp_path, head_config)
+    recipe = Config.fromfile(str(CONFIGS / recipe_name))
+    assert cfg.model.backbone == recipe.model.backbone  # all four stages, the paper's settings
+    head = without(cfg.model[head_key], 'in_channels')
+    assert cfg.model[head_key].in_channels == [96, 192, 384, 768]
+    assert head == without(reference.model[head_key], 'in_channels')
+    assert without(cfg.model, 'backbone', head_key) == without(reference.model, 'backbone',
+                                                               head_key)
+    for key in ('train_cfg', 'param_scheduler', 'train_dataloader', 'val_dataloader',
+                'val_evaluator', 'auto_scale_lr'):
+        assert cfg[key] == reference[key], key
+    wrapper, reference_wrapper = cfg.optim_wrapper, reference.optim_wrapper
+    # the head's wrapper (fp32) and clipping; AdamW's eps is torch's default in both
+    assert (wrapper.type, wrapper.clip_grad) == (reference_wrapper.type,
+                                                 reference_wrapper.clip_grad)
+    assert wrapper.optimizer == {**recipe.optim_wrapper.optimizer, 'eps': 1e-8}
+    assert wrapper.constructor == recipe.optim_wrapper.constructor
+    # the paper's decay in place of the backbone's lr multiplier and norm_decay_mult (the rule
+    # gives norms and biases weight decay 0); the embeddings' multipliers kept
+    assert without(wrapper.paramwise_cfg, 'custom_keys') == recipe.optim_wrapper.paramwise_cfg
+    assert wrapper.paramwise_cfg.custom_keys == without(
+        reference_wrapper.paramwise_cfg.custom_keys, 'backbone')
+    assert without(reference_wrapper.paramwise_cfg, 'custom_keys') == {'norm_decay_mult': 0.0}
+    assert model_complexity(cfg, with_flops=False).params / 1e6 == pytest.approx(params, abs=0.05)
 
 
 @pytest.mark.parametrize('name', sorted(DETR_CONFIGS))
@@ -267,6 +316,22 @@ def test_missing_coco_is_one_clear_message(tmp_path, capsys):
     assert code == 1
     assert "COCO dataset not found: train_dataloader.dataset" in err and str(missing) in err
     assert 'annotations/instances_train2017.json' in err and 'make demo' in err
+
+
+def test_seg_folder_is_required_only_where_the_pipeline_loads_maps(tmp_path):
+    """mmdet's Mask2Former instance config keeps its panoptic base's ``seg`` prefix and loads no
+    maps: plain COCO passes; a pipeline loading panoptic maps needs the folder."""
+    from convnext_dense.demo.data import make_coco_dataset
+    root = make_coco_dataset(tmp_path / 'coco', num_train=1, num_val=1, image_size=(64, 64))
+    cfg = Config.fromfile(str(CONFIGS / 'mask2former_convnext_t_coco.py'))
+    cfg.merge_from_dict({'train_dataloader.dataset.data_root': f'{root}/',
+                         'train_dataloader.dataset.ann_file': 'annotations/instances_train.json',
+                         'train_dataloader.dataset.data_prefix.img': 'train/'})
+    assert cfg.train_dataloader.dataset.data_prefix.seg == 'annotations/panoptic_train2017/'
+    check_datasets(cfg, ('train_dataloader',))
+    cfg.train_dataloader.dataset.pipeline[1] = dict(type='LoadPanopticAnnotations')
+    with pytest.raises(DatasetNotFoundError, match="expects '.*annotations/panoptic_train2017/'"):
+        check_datasets(cfg, ('train_dataloader',))
 
 
 def test_missing_ade20k_for_test(tmp_path):

@@ -52,7 +52,7 @@ def dist_train(tmp_path: Path, config_lines: str, iterations: int = 1,
                              image_size=(128, 160))
     work_dir = tmp_path / 'work'
     options = coco_options(root, ['model.roi_head.bbox_head.num_classes',
-                                  'model.roi_head.mask_head.num_classes'], crop_branch=False)
+                                  'model.roi_head.mask_head.num_classes'], augmentation='resize')
     options += ['model.backbone.arch=atto',
                 f'model.backbone.out_indices={as_option(out_indices)}',
                 f'model.neck.in_channels={as_option(ATTO_DIMS[i] for i in out_indices)}']

@@ -19,7 +19,7 @@ def test_killed_training_resumes_with_its_counters_and_schedule(tmp_path):
     root = make_coco_dataset(tmp_path / 'coco', num_train=4, num_val=1, image_size=(96, 128))
     work_dir = tmp_path / 'work'
     options = coco_options(root, ['model.roi_head.bbox_head.num_classes',
-                                  'model.roi_head.mask_head.num_classes'], crop_branch=False)
+                                  'model.roi_head.mask_head.num_classes'], augmentation='resize')
     options = [o for o in options if not o.startswith('train_cfg.max_epochs')] + [
         'train_cfg.max_epochs=3', 'train_dataloader.batch_size=1', 'model.backbone.arch=atto',
         'model.neck.in_channels=[40,80,160,320]']

@@ -49,7 +49,15 @@ def ade_root(tmp_path_factory) -> Path:
                                image_size=(128, 160), seed=0)
 
 
-def coco_options(root: Path, num_classes_keys: list[str], crop_branch: bool | None) -> list[str]:
+#: Training augmentations of the detection configs, shrunk by :func:`coco_options`: the paper's
+#: AutoAugment taking its resize or its crop policy, DETR's RandomChoice of the same two, and
+#: Mask2Former's large-scale jittering.
+AUGMENTATIONS = ('resize', 'crop', 'detr', 'lsj')
+
+
+def coco_options(root: Path, num_classes_keys: list[str], augmentation: str) -> list[str]:
+    """--cfg-options that train and test a COCO config on the tiny dataset at 128x160."""
+    assert augmentation in AUGMENTATIONS, augmentation
     options = loader_options(**{'dataset.data_root': f'{root}/',
                                 'dataset.metainfo.classes': CLASSES,
                                 'num_workers': '0', 'persistent_workers': 'False'})
@@ -63,18 +71,23 @@ def coco_options(root: Path, num_classes_keys: list[str], crop_branch: bool | No
     options += [f'{e}.ann_file={root}/annotations/instances_val.json'
                 for e in ('val_evaluator', 'test_evaluator')]
     policies = 'train_dataloader.dataset.pipeline.3'
-    if crop_branch is None:  # DETR's augmentation: RandomChoice of resize / resize-crop-resize
+    if augmentation == 'detr':  # RandomChoice of resize / resize-crop-resize
         options += [f'{policies}.transforms.0.0.scales=[(128,160)]',
                     f'{policies}.transforms.1.0.scales=[(96,160)]',
                     f'{policies}.transforms.1.1.crop_size=(64,96)',
                     f'{policies}.transforms.1.2.scales=[(128,160)]']
+    elif augmentation == 'lsj':  # jitter around, crop to and pad to 128x128 (square, as
+        # mmdet's 1024x1024: the resize takes (w, h), the crop and the pad (h, w))
+        options += [f'{policies}.scale=(128,128)',
+                    'train_dataloader.dataset.pipeline.4.crop_size=(128,128)',
+                    'model.data_preprocessor.batch_augments.0.size=(128,128)']
     else:  # the paper's AutoAugment with the crop policy
         options += [
             f'{policies}.policies.0.0.scales=[(128,160),(160,200)]',
             f'{policies}.policies.1.0.scales=[(96,160),(128,160)]',
             f'{policies}.policies.1.1.crop_size=(64,96)',
             f'{policies}.policies.1.2.scales=[(128,160)]',
-            f'{policies}.prob=' + ('[0.0,1.0]' if crop_branch else '[1.0,0.0]')]
+            f'{policies}.prob=' + ('[0.0,1.0]' if augmentation == 'crop' else '[1.0,0.0]')]
     options += [
         'val_dataloader.dataset.pipeline.1.scale=(160,128)',
         'test_dataloader.dataset.pipeline.1.scale=(160,128)',
@@ -86,16 +99,16 @@ def coco_options(root: Path, num_classes_keys: list[str], crop_branch: bool | No
     return options
 
 
-@pytest.mark.parametrize('config, num_classes_keys, crop_branch', [
+@pytest.mark.parametrize('config, num_classes_keys, augmentation', [
     ('mask_rcnn_convnext_t_coco.py',
-     ['model.roi_head.bbox_head.num_classes', 'model.roi_head.mask_head.num_classes'], False),
+     ['model.roi_head.bbox_head.num_classes', 'model.roi_head.mask_head.num_classes'], 'resize'),
     ('cascade_mask_rcnn_convnext_t_coco.py',
      [f'model.roi_head.bbox_head.{i}.num_classes' for i in range(3)]
-     + ['model.roi_head.mask_head.num_classes'], True),
+     + ['model.roi_head.mask_head.num_classes'], 'crop'),
 ])
-def test_detection_train_then_test(tmp_path, coco_root, config, num_classes_keys, crop_branch):
+def test_detection_train_then_test(tmp_path, coco_root, config, num_classes_keys, augmentation):
     work_dir = tmp_path / 'work'
-    options = coco_options(coco_root, num_classes_keys, crop_branch)
+    options = coco_options(coco_root, num_classes_keys, augmentation)
     result = run_tool('train.py', f'configs/{config}', '--work-dir', str(work_dir),
                       '--cfg-options', *options)
     log = result.stdout + result.stderr
@@ -161,6 +174,36 @@ def test_segmentation_train_then_test(tmp_path, ade_root):
 
 
 MASK_RCNN_CLASSES = ['model.roi_head.bbox_head.num_classes', 'model.roi_head.mask_head.num_classes']
+ONE_ITERATION = ['train_cfg.max_iters=1', 'train_cfg.val_interval=1',
+                 'default_hooks.checkpoint.interval=1']
+
+
+def one_iteration_options(config: str, ade_root: Path, coco_root: Path) -> tuple[list[str], str]:
+    """--cfg-options that train ``config`` for one iteration on the tiny datasets and validate,
+    and the checkpoint that run saves."""
+    if 'ade20k' in config:
+        options = ade_options(ade_root) + ONE_ITERATION
+        if config.startswith('mask2former'):  # shortest edge resized to one of 64/96 instead
+            resize = 'train_dataloader.dataset.pipeline.2'
+            options = [o for o in options if not o.startswith(resize)]
+            options += ['train_dataloader.dataset.pipeline.2.scales=[64,96]',
+                        'train_dataloader.dataset.pipeline.2.max_size=320']
+        return options, 'iter_1.pth'
+    if config.startswith('dino'):
+        # 100 queries: the two-stage selection takes the top 900 of fewer tokens otherwise
+        options = coco_options(coco_root, ['model.bbox_head.num_classes'], 'detr') + [
+            'model.num_queries=100']
+    elif config.startswith('mask2former'):  # iteration-based: 368750 iterations of LSJ crops
+        options = coco_options(coco_root, ['model.panoptic_head.num_things_classes',
+                                           'model.panoptic_fusion_head.num_things_classes'],
+                               'lsj')
+        options = [o for o in options if o != 'train_cfg.max_epochs=1'] + ONE_ITERATION + [
+            'model.panoptic_head.loss_cls.class_weight=[1.0,1.0,1.0,1.0,1.0,0.1]']
+    else:
+        options = coco_options(coco_root, MASK_RCNN_CLASSES, 'resize')
+    # one epoch of one iteration: 2 of the 4 training images
+    return options + ['train_dataloader.dataset.indices=2'], (
+        'iter_1.pth' if config.startswith('mask2former') else 'epoch_1.pth')
 
 
 @pytest.mark.parametrize('config', ['deeplabv3plus_convnext_t_os8_ade20k_512.py',
@@ -169,29 +212,20 @@ MASK_RCNN_CLASSES = ['model.roi_head.bbox_head.num_classes', 'model.roi_head.mas
                                     'upernet_convnextv2_b_ade20k_512.py',
                                     'mask_rcnn_convnextv2_t_coco.py',
                                     'mask_rcnn_convnextv2_b_coco.py',
-                                    'dino_4scale_convnext_t_coco.py'])
+                                    'dino_4scale_convnext_t_coco.py',
+                                    'mask2former_convnext_t_coco.py',
+                                    'mask2former_convnext_t_ade20k_512.py'])
 def test_configs_beyond_the_paper_train_one_iteration(tmp_path, ade_root, coco_root, config):
     """One CPU iteration and a validation of each config with another head or a V2 backbone
     on the tiny datasets."""
     work_dir = tmp_path / 'work'
-    if config.startswith('dino'):  # one epoch of one iteration: 2 of the 4 training images
-        # 100 queries: the two-stage selection takes the top 900 of fewer tokens otherwise
-        options = coco_options(coco_root, ['model.bbox_head.num_classes'], crop_branch=None) + [
-            'model.num_queries=100']
-    if 'coco' in config:
-        if not config.startswith('dino'):
-            options = coco_options(coco_root, MASK_RCNN_CLASSES, crop_branch=False)
-        options.append('train_dataloader.dataset.indices=2')
-        done, checkpoint, metric = 'Epoch(train) [1][1/1]', 'epoch_1.pth', 'coco/bbox_mAP'
-    else:
-        options = ade_options(ade_root) + ['train_cfg.max_iters=1', 'train_cfg.val_interval=1',
-                                           'default_hooks.checkpoint.interval=1']
-        done, checkpoint, metric = 'Iter(train) [1/1]', 'iter_1.pth', 'mIoU'
+    options, checkpoint = one_iteration_options(config, ade_root, coco_root)
     result = run_tool('train.py', f'configs/{config}', '--work-dir', str(work_dir),
                       '--cfg-options', *options)
     log = result.stdout + result.stderr
     assert 'ConvNeXtLayerDecayOptimizerConstructor' in log
-    assert done in log and metric in log
+    done = 'Iter(train) [1/1]' if checkpoint == 'iter_1.pth' else 'Epoch(train) [1][1/1]'
+    assert done in log and ('mIoU' if 'ade20k' in config else 'coco/bbox_mAP') in log
     assert (work_dir / checkpoint).is_file()
 
 

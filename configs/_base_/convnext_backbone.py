@@ -1,14 +1,5 @@
-# The ConvNeXt backbone as every detection/segmentation recipe of the paper uses it.
-custom_imports = dict(imports=['convnext_dense'], allow_failed_imports=False)
+# The ConvNeXt backbone as every detection/segmentation recipe of the paper uses it
+# (./convnext_backbone_dict.py), and the import that registers it.
+_base_ = './convnext_backbone_dict.py'
 
-convnext_backbone = dict(
-    _delete_=True,
-    type='ConvNeXt',
-    arch='tiny',
-    out_indices=(0, 1, 2, 3),
-    drop_path_rate=0.4,
-    layer_scale_init_value=1.0,
-    # The paper's official ImageNet-1K checkpoint, loaded unconverted: convnext_dense
-    # converts official/timm/mmpretrain layouts in memory.
-    init_cfg=dict(type='Pretrained',
-                  checkpoint='https://dl.fbaipublicfiles.com/convnext/convnext_tiny_1k_224.pth'))
+custom_imports = dict(imports=['convnext_dense'], allow_failed_imports=False)

@@ -1,6 +1,7 @@
 """Parameters and FLOPs of a config's model at the paper's input sizes."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -87,14 +88,25 @@ class DetectorTensorForward(torch.nn.Module):
 
 
 class SegmentorForward(torch.nn.Module):
-    """A segmentor's tensor-mode forward (backbone, neck, decode and auxiliary heads)."""
+    """A segmentor's tensor-mode forward (backbone, neck and decode head) on one image.
+
+    Query-based decode heads (Mask2Former, MaskFormer) take the batch's data samples as a
+    second argument, which mmseg's tensor mode does not pass; they get one image's metainfo.
+    """
 
     def __init__(self, segmentor: torch.nn.Module) -> None:
         super().__init__()
         self.segmentor = segmentor
+        head_arguments = inspect.signature(segmentor.decode_head.forward).parameters
+        self.head_takes_samples = 'batch_data_samples' in head_arguments
 
     def forward(self, x: torch.Tensor):
-        return self.segmentor._forward(x)
+        if not self.head_takes_samples:
+            return self.segmentor._forward(x)
+        from mmseg.structures import SegDataSample
+        shape = tuple(x.shape[-2:])
+        sample = SegDataSample(metainfo=dict(img_shape=shape, pad_shape=shape))
+        return self.segmentor.decode_head(self.segmentor.extract_feat(x), [sample])
 
 
 def model_complexity(cfg: Config, input_size: tuple[int, int] | None = None,

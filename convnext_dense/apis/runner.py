@@ -84,6 +84,31 @@ def _datasets(node: Any, where: str) -> Iterator[tuple[str, dict]]:
         yield where, node
 
 
+def _loads_segmentation_maps(node: Any) -> bool:
+    """Whether a pipeline (nested through AutoAugment, RandomChoice, ...) reads mmdet's
+    semantic or panoptic maps: ``LoadPanopticAnnotations`` or ``with_seg=True``."""
+    if isinstance(node, dict):
+        if node.get('with_seg') or str(node.get('type', '')).endswith('LoadPanopticAnnotations'):
+            return True
+        return any(_loads_segmentation_maps(value) for value in node.values())
+    if isinstance(node, (list, tuple)):
+        return any(_loads_segmentation_maps(item) for item in node)
+    return False
+
+
+def _prefixes_read(dataset: dict) -> list[str]:
+    """The dataset's ``data_prefix`` folders that loading it reads.
+
+    An mmdet dataset's ``seg`` folder is read only by a pipeline that loads segmentation
+    maps: mmdet's Mask2Former instance config keeps the ``seg`` prefix of its panoptic base
+    and loads no maps, so COCO without panoptic annotations trains it.
+    """
+    prefixes = dict(dataset.get('data_prefix') or {})
+    if 'seg' in prefixes and not _loads_segmentation_maps(dataset.get('pipeline')):
+        del prefixes['seg']
+    return [value for value in prefixes.values() if value]
+
+
 def _missing_paths(dataset: dict) -> list[str]:
     root = dataset.get('data_root') or ''
     paths = []
@@ -91,9 +116,7 @@ def _missing_paths(dataset: dict) -> list[str]:
         paths.append(root)
     if dataset.get('ann_file'):
         paths.append(osp.join(root, dataset['ann_file']))
-    for value in (dataset.get('data_prefix') or {}).values():
-        if value:
-            paths.append(osp.join(root, value))
+    paths += [osp.join(root, value) for value in _prefixes_read(dataset)]
     missing = [p for p in paths if not osp.exists(p)]
     return missing[:1] if root in missing else missing
 

@@ -31,6 +31,9 @@ DEPLOY_FILE = 'deploy.json'
 OUTPUT_NAMES = {'segmentation': ['output'], 'detection': ['dets', 'labels', 'masks']}
 SUPPORTED_MODELS = {'EncoderDecoder': 'segmentation', 'MaskRCNN': 'detection',
                     'CascadeRCNN': 'detection'}
+#: mmseg decode heads that classify masks, not pixels: their forward gives per-query class
+#: scores and masks, not the logits map the exported segmentation graph ends in
+QUERY_DECODE_HEADS = ('Mask2FormerHead', 'MaskFormerHead')
 DEFAULT_OPSET = 17
 
 
@@ -53,13 +56,30 @@ def require_onnx() -> tuple[Any, Any]:
     return modules[0], modules[1]
 
 
+def _type_name(module_cfg: Any) -> str:
+    """A module config's type without its scope (``'mmdet.X'`` is ``'X'``)."""
+    return str(module_cfg.get('type', '')).split('.')[-1] if module_cfg else ''
+
+
 def task_of(cfg: Config) -> str:
-    """``'detection'`` or ``'segmentation'`` for the supported model types."""
-    model_type = str(cfg.model.get('type', '')).split('.')[-1]
+    """``'detection'`` or ``'segmentation'`` for the supported model types.
+
+    Raises:
+        ExportError: naming the supported model types for any other model type, and the
+            query-based decode heads (Mask2Former, MaskFormer) for segmentors with one.
+    """
+    source = cfg.filename or 'config'
+    model_type = _type_name(cfg.model)
     if model_type not in SUPPORTED_MODELS:
-        raise ExportError(f'{cfg.filename or "config"}: cannot export a '
+        raise ExportError(f'{source}: cannot export a '
                           f'{model_type or "model without a type"}: supported model types are '
                           f'{", ".join(SUPPORTED_MODELS)}')
+    head_type = _type_name(cfg.model.get('decode_head'))
+    if head_type in QUERY_DECODE_HEADS:
+        raise ExportError(f'{source}: cannot export a {model_type} with a {head_type}: '
+                          'supported segmentors have a per-pixel decode head (UPerHead, '
+                          'DepthwiseSeparableASPPHead, FCNHead, ...); query-based heads '
+                          f'({", ".join(QUERY_DECODE_HEADS)}) are not exported')
     return SUPPORTED_MODELS[model_type]
 
 

@@ -38,7 +38,7 @@ def parsed_options(root: Path) -> dict:
     """The tiny-data ``--cfg-options`` of the end-to-end tests, parsed as the CLI does."""
     parser = argparse.ArgumentParser()
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    options = coco_options(root, NUM_CLASSES, crop_branch=False)
+    options = coco_options(root, NUM_CLASSES, augmentation='resize')
     return parser.parse_args(['--cfg-options', *options]).cfg_options
 
 
@@ -48,7 +48,7 @@ def train_error(tmp_path: Path, root: Path) -> str:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = train.main([CONFIG, '--work-dir', str(tmp_path / 'work'), '--cfg-options',
-                           *coco_options(root, NUM_CLASSES, crop_branch=False)])
+                           *coco_options(root, NUM_CLASSES, augmentation='resize')])
     assert code == 1
     assert not (tmp_path / 'work').exists()  # stopped before the Runner was built
     return err.getvalue()

@@ -62,6 +62,13 @@ def test_unsupported_model_type_names_the_supported():
         task_of(cfg)
 
 
+def test_query_based_segmentation_head_is_refused_by_name():
+    cfg = Config(dict(model=dict(type='EncoderDecoder', decode_head=dict(type='Mask2FormerHead'))))
+    with pytest.raises(ExportError, match='cannot export a EncoderDecoder with a Mask2FormerHead: '
+                                          'supported segmentors have a per-pixel decode head'):
+        task_of(cfg)
+
+
 def test_checkpoint_of_another_model_names_the_first_keys(tmp_path):
     torch.save({'state_dict': build_model(Config.fromfile(SEG_DEMO)).state_dict()},
                tmp_path / 'seg.pth')

@@ -62,7 +62,7 @@ custom_hooks = [dict(type='DriftOnRankHook', rank=1, tensor={DRIFTED!r}),
 def test_drifting_replicas_stop_a_two_process_job(tmp_path: Path):
     root = make_coco_dataset(tmp_path / 'coco', num_train=4, num_val=2, image_size=(128, 160))
     options = coco_options(root, ['model.roi_head.bbox_head.num_classes',
-                                  'model.roi_head.mask_head.num_classes'], crop_branch=False)
+                                  'model.roi_head.mask_head.num_classes'], augmentation='resize')
     options += ['model.backbone.arch=atto', 'model.neck.in_channels=[40,80,160,320]']
     modules = tmp_path / 'modules'
     modules.mkdir()

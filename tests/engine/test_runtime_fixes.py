@@ -111,7 +111,7 @@ def test_switch_from_a_config_with_mmdets_own_train_py(tmp_path):
     from tests.test_tools_e2e import coco_options
     root = make_coco_dataset(tmp_path / 'coco', num_train=2, num_val=1, image_size=(96, 128))
     options = coco_options(root, ['model.roi_head.bbox_head.num_classes',
-                                  'model.roi_head.mask_head.num_classes'], crop_branch=False)
+                                  'model.roi_head.mask_head.num_classes'], augmentation='resize')
     options = [o for o in options if not o.startswith('train_cfg.max_epochs')] + [
         'train_dataloader.batch_size=1', 'val_cfg=None', 'val_dataloader=None',
         'val_evaluator=None']
