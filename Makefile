@@ -21,7 +21,9 @@ $(STAMP): setup.cfg pyproject.toml tools/install_mmcv.py Makefile
 	$(PY) -m pip install -q --no-build-isolation -e ".[all]"
 	# mmpretrain (tests compare checkpoints with its real ConvNeXt) goes into an overlay
 	# folder, never into site-packages: mmdet imports it whenever it is importable, and it
-	# breaks next to transformers 5. Only the runtime deps .venv lacks are added there.
+	# breaks next to transformers 5. Only the runtime deps .venv lacks are added there: the
+	# packages of the `benchmark` extra (setup.cfg), pinned. tools/benchmark.py activates it
+	# (convnext_dense/benchmark/mmpretrain_env.py).
 	rm -rf $(MMPRETRAIN_OVERLAY)
 	$(PY) -m pip install -q --no-deps --target $(MMPRETRAIN_OVERLAY) mmpretrain==1.2.0 \
 		einops==0.8.2 model-index==0.1.11 ordered-set==4.1.0 markdown==3.11.3 \
