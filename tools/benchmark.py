@@ -1,4 +1,5 @@
-"""Speed and memory of the ConvNeXt backbone next to timm's and the official design.
+"""Speed and memory of the ConvNeXt backbone next to timm's, mmpretrain's and the official
+design, and whole Mask R-CNN / UperNet training steps with it and with mmpretrain's.
 
 Writes a markdown report (machine, versions, this command, targets, tables).
 
@@ -6,7 +7,9 @@ Example:
     python tools/benchmark.py                      # full run -> docs/benchmarks.md
     python tools/benchmark.py --quick              # T only, fewer repetitions
     python tools/benchmark.py --archs atto --sizes 64 --reps 1 --no-memory --no-detector \\
-        --out /tmp/bench.md                        # smoke run
+        --whole-models '' --out /tmp/bench.md      # smoke run
+    python tools/benchmark.py --whole-sizes mask_rcnn=800x1333 --whole-batches \\
+        mask_rcnn=2,upernet=2 ...                  # the recipes' training inputs (GPU)
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from convnext_dense.benchmark.measure import MODES
 from convnext_dense.benchmark.onnx_runtime import onnx_section, with_onnx_section
 from convnext_dense.benchmark.report import render_markdown
 from convnext_dense.benchmark.suite import Results, Settings, run
+from convnext_dense.benchmark.whole_models import PAIRS
 from convnext_dense.utils import atomic_file
 
 
@@ -39,6 +43,20 @@ def _names(allowed: tuple[str, ...]):
         if bad:
             raise argparse.ArgumentTypeError(f'{bad} not among {", ".join(allowed)}')
         return names
+    return parse
+
+
+def _per_model(value):
+    """``name=VALUE,...`` for the whole models."""
+    def parse(text: str) -> dict:
+        out = {}
+        for part in filter(None, text.split(',')):
+            name, _, item = part.partition('=')
+            if name not in PAIRS or not item:
+                raise argparse.ArgumentTypeError(f'expected NAME=VALUE with NAME among '
+                                                 f'{", ".join(PAIRS)}, got {part!r}')
+            out[name] = value(item)
+        return out
     return parse
 
 
@@ -76,6 +94,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='detector input HxW (default 800x1333)')
     parser.add_argument('--detector-reps', type=int,
                         help='timed detector inferences, median reported (default 3)')
+    parser.add_argument('--whole-models', type=_names(tuple(PAIRS)),
+                        help='whole models trained with ours and with mmpretrain\'s backbone '
+                             f'(default {",".join(PAIRS)}); "" for none')
+    parser.add_argument('--whole-sizes', type=_per_model(_size),
+                        help='their inputs, e.g. mask_rcnn=800x1333,upernet=512x512 (the '
+                             'recipes\'; default mask_rcnn=640x640,upernet=512x512)')
+    parser.add_argument('--whole-batches', type=_per_model(int),
+                        help='their batches, e.g. mask_rcnn=2,upernet=2 (the recipes\' per GPU; '
+                             'default mask_rcnn=1,upernet=2)')
+    parser.add_argument('--whole-reps', type=int,
+                        help='timed training steps of each whole model (default 5)')
+    parser.add_argument('--mmpretrain-overlay', help='folder with mmpretrain, used when it is '
+                        'not installed (default <venv>/overlays/mmpretrain, what make setup '
+                        'writes); "" for an installed mmpretrain only')
     parser.add_argument('--warmup', type=int, help='untimed steps per variant (default 1)')
     parser.add_argument('--reps', type=int, help='most timed repetitions per setting (default 7)')
     parser.add_argument('--budget', type=float,
@@ -98,7 +130,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.budget is not None:
         settings.budget_s = args.budget or None
     for name in ('archs', 'impls', 'modes', 'options', 'option_sizes', 'memory_sizes', 'warmup',
-                 'reps', 'threads', 'device', 'detector_reps'):
+                 'reps', 'threads', 'device', 'detector_reps', 'whole_models', 'whole_reps'):
         value = getattr(args, name)
         if value is not None:
             setattr(settings, name, value)
@@ -125,6 +157,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         settings.profile = False
     if args.no_detector:
         settings.detector_config = None
+    settings.whole_sizes.update(args.whole_sizes or {})
+    settings.whole_batches.update(args.whole_batches or {})
+    if args.mmpretrain_overlay is not None:
+        settings.mmpretrain_overlay = args.mmpretrain_overlay or None
     return settings
 
 

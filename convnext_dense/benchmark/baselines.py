@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from ..models.backbone import NUM_STAGES, ConvNeXt, resolve_arch
+from .mmpretrain_env import MMPretrainStatus, activate_mmpretrain
 
 IMPLS = ('ours', 'timm', 'official', 'mmpretrain')
 OPTIONS = ('channels_last', 'with_cp', 'compile', 'amp', 'amp_bf16')
@@ -139,49 +141,17 @@ def official_convnext(arch: str, **kwargs: Any) -> OfficialConvNeXt:
 
 
 # --------------------------------------------------------------------------------------------
-# mmpretrain: installed, not installed, or installed and broken
+# mmpretrain: installed, from the overlay, not installed, or installed and broken
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MMPretrainStatus:
-    """Whether mmpretrain's ConvNeXt can be used, and why not."""
-
-    installed: bool
-    #: ``'ExcType: message'`` where mmpretrain is installed but fails to import
-    import_error: str | None = None
-
-    @property
-    def usable(self) -> bool:
-        return self.installed and self.import_error is None
-
-    def describe(self) -> str:
-        """One line for the report."""
-        if not self.installed:
-            return 'mmpretrain: not installed'
-        if self.import_error is not None:
-            return f'mmpretrain is installed but fails to import: {self.import_error}'
-        return 'mmpretrain: available'
-
-
-def mmpretrain_status() -> MMPretrainStatus:
-    """Import mmpretrain's ConvNeXt: not installed (no ``mmpretrain`` module at all), usable,
-    or installed but failing to import (any other error, a missing dependency included)."""
-    try:
-        import mmpretrain  # noqa: F401
-        from mmpretrain.models import ConvNeXt as _  # noqa: F401
-    except ModuleNotFoundError as error:
-        if error.name == 'mmpretrain':
-            return MMPretrainStatus(installed=False)
-        return MMPretrainStatus(installed=True, import_error=_error_line(error))
-    except Exception as error:  # a broken install fails in many ways; each is reported
-        return MMPretrainStatus(installed=True, import_error=_error_line(error))
-    return MMPretrainStatus(installed=True)
-
-
-def _error_line(error: BaseException) -> str:
-    message = ' '.join(str(error).split())
-    if len(message) > 300:
-        message = message[:297] + '...'
-    return f'{type(error).__name__}: {message}'
+def mmpretrain_status(overlay: str | Path | None = None,
+                      use_overlay: bool = True) -> MMPretrainStatus:
+    """Make mmpretrain's ConvNeXt importable for ``build_backbone(Variant('mmpretrain'))``,
+    as installed or from the overlay (:func:`~.mmpretrain_env.activate_mmpretrain`: with the
+    overlay this changes the process for good), and say how (``mmpretrain 1.2.0 (overlay
+    PATH)``) or why it cannot be used: not installed (no ``mmpretrain`` module at all, no
+    overlay), installed but failing to import (any other error, a missing dependency
+    included), transformers already imported."""
+    return activate_mmpretrain(overlay, use_overlay)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from time import perf_counter
 import torch
 from torch import nn
 
-from .baselines import Variant, build_backbone, make_input, official_convnext
+from .baselines import Variant, build_backbone, make_input, mmpretrain_status, official_convnext
 
 MODES = ('infer', 'train')
 
@@ -204,10 +204,12 @@ MALLOC_RETURNS_FREED = {'MALLOC_MMAP_THRESHOLD_': str(128 * 1024)}
 
 
 def peak_memory(variant: Variant, arch: str, batch: int, size: tuple[int, int], mode: str,
-                device: torch.device, threads: int, env: dict[str, str] | None = None) -> float:
-    """:func:`peak_memory_in_this_process` in a fresh Python process (``env`` added)."""
+                device: torch.device, threads: int, env: dict[str, str] | None = None,
+                mmpretrain_overlay: str | None = None) -> float:
+    """:func:`peak_memory_in_this_process` in a fresh Python process (``env`` added; the
+    ``mmpretrain`` variant finds mmpretrain there as the run did, with ``mmpretrain_overlay``)."""
     spec = dict(variant=asdict(variant), arch=arch, batch=batch, size=list(size), mode=mode,
-                device=str(device), threads=threads)
+                device=str(device), threads=threads, mmpretrain_overlay=mmpretrain_overlay)
     result = subprocess.run([sys.executable, '-m', 'convnext_dense.benchmark.measure',
                              json.dumps(spec)],
                             capture_output=True, text=True, check=False,
@@ -222,6 +224,11 @@ def memory_probe_main(argv: Sequence[str]) -> None:
     spec = json.loads(argv[0])
     torch.set_num_threads(spec['threads'])
     variant = Variant(spec['variant']['impl'], tuple(spec['variant']['options']))
+    if variant.impl == 'mmpretrain':
+        overlay = spec.get('mmpretrain_overlay')
+        status = mmpretrain_status(overlay, use_overlay=overlay is not None)
+        if not status.usable:
+            raise SystemExit(status.describe())
     print(peak_memory_in_this_process(variant, spec['arch'], spec['batch'], tuple(spec['size']),
                                       spec['mode'], torch.device(spec['device'])))
 

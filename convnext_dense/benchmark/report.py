@@ -7,13 +7,16 @@ import time
 
 import torch
 
-from .baselines import MMPretrainStatus
 from .measure import PROFILE_CATEGORIES, matmul_size
+from .mmpretrain_env import MMPretrainStatus
 from .suite import Results, Settings, Size, SpeedRow, size_str
+from .whole_models import PAIRS, WholeModelRow
 
 #: The issue's targets: (description, minimum or maximum, value).
 TARGET_DEFAULT_VS_TIMM = 1.0
 TARGET_DEFAULT_VS_OFFICIAL = 1.05
+TARGET_DEFAULT_VS_MMPRETRAIN = 1.0
+TARGET_WHOLE_VS_MMPRETRAIN = 1.0
 TARGET_BEST_OPTION_VS_OFFICIAL = 1.3
 TARGET_WITH_CP_MEMORY = 0.6
 
@@ -42,7 +45,9 @@ def machine_description(settings: Settings,
             version = metadata.version(package)
         except metadata.PackageNotFoundError:
             version = None
-        if package == 'mmpretrain' and mmpretrain is not None and mmpretrain.import_error:
+        if package == 'mmpretrain' and mmpretrain is not None and mmpretrain.usable:
+            versions.append(mmpretrain.describe())  # the one imported: installed or overlay
+        elif package == 'mmpretrain' and mmpretrain is not None and mmpretrain.import_error:
             versions.append(f'mmpretrain {version or "(no package metadata)"} (fails to import)')
         else:
             versions.append(f'{package} {version or "not installed"}')
@@ -66,7 +71,8 @@ def target_checks(results: Results) -> list[tuple[str, str, bool | None]]:
     checks: list[tuple[str, str, bool | None]] = []
     settings = results.settings
     for other, target in (('timm', TARGET_DEFAULT_VS_TIMM),
-                          ('official', TARGET_DEFAULT_VS_OFFICIAL)):
+                          ('official', TARGET_DEFAULT_VS_OFFICIAL),
+                          ('mmpretrain', TARGET_DEFAULT_VS_MMPRETRAIN)):
         ratios = []
         for row in results.speed:
             if row.variant == 'ours':
@@ -110,7 +116,21 @@ def target_checks(results: Results) -> list[tuple[str, str, bool | None]]:
             checks.append((f'with_cp peak training memory <= {TARGET_WITH_CP_MEMORY:.2f}x without, '
                            f'{size_str(size)}, {label}', f'{ratio:.2f}x',
                            ratio <= TARGET_WITH_CP_MEMORY))
+    for name, rows in _whole_pairs(results):
+        ratio = rows['mmpretrain'].seconds / rows['ours'].seconds
+        checks.append((f'whole {PAIRS[name].title} training step >= '
+                       f'{TARGET_WHOLE_VS_MMPRETRAIN:.2f}x the mmpretrain-backbone config, '
+                       f'{size_str(rows["ours"].size)}, batch {rows["ours"].batch}',
+                       f'{ratio:.2f}x', ratio >= TARGET_WHOLE_VS_MMPRETRAIN))
     return checks
+
+
+def _whole_pairs(results: Results) -> list[tuple[str, dict[str, WholeModelRow]]]:
+    """The whole models measured with both backbones: (name, {variant: row})."""
+    pairs: dict[str, dict[str, WholeModelRow]] = {}
+    for row in results.whole:
+        pairs.setdefault(row.name, {})[row.variant] = row
+    return [(name, rows) for name, rows in pairs.items() if {'ours', 'mmpretrain'} <= set(rows)]
 
 
 def render_markdown(results: Results, command: str, note: str = '') -> str:
@@ -133,7 +153,10 @@ def render_markdown(results: Results, command: str, note: str = '') -> str:
            'weights: its forward on NCHW-contiguous tensors (no channels-last anywhere), its '
            'block (plain `nn.Conv2d` depthwise conv, permute, MLP, layer scale, permute back) '
            'and its channels-first LayerNorm computing mean and variance by hand',
-           '- `mmpretrain`: `mmpretrain.models.ConvNeXt` where installed and importable',
+           '- `mmpretrain`: `mmpretrain.models.ConvNeXt` (`gap_before_final_norm=False`), the '
+           "backbone of mmdet's and mmseg's own ConvNeXt configs; as installed (the "
+           '`benchmark` extra), or from the overlay folder `make setup` installs it into; '
+           'imported with transformers hidden (`convnext_dense/benchmark/mmpretrain_env.py`)',
            '- options of ours: `channels_last` (model and input), `with_cp` (activation '
            'checkpointing), `compile` (`torch.compile`, default inductor), `amp` '
            '(autocast, bf16 on CPU, fp16 on GPU), `amp_bf16` (autocast bf16, GPU only)', '',
@@ -261,4 +284,33 @@ def render_markdown(results: Results, command: str, note: str = '') -> str:
                 'does on a busy image (at the configs\' 0.05 an untrained classifier passes no '
                 'box and the mask head would not run). The paper reports its FPS on an '
                 'A100.', '']
+
+    whole = _whole_pairs(results)
+    if whole:
+        out += ["## Whole models: training step, this backbone against mmpretrain's", '',
+                "Each model twice, from this project's config: with this package's backbone, "
+                "and with the backbone of the toolbox's own ConvNeXt-T config "
+                "(`type='mmpretrain.ConvNeXt', arch='tiny', drop_path_rate=0.4, "
+                "layer_scale_init_value=1.0, gap_before_final_norm=False`); same neck, heads, "
+                'losses and data preprocessor, the same random weights (the mmpretrain model\'s '
+                "initialisation, converted by this package's checkpoint converter), the same "
+                'synthetic batch (Mask R-CNN: 8 boxes with masks per image; UperNet: a '
+                'segmentation map of 16x16 blocks of random classes), train mode with drop '
+                'path 0.4. A step is the `loss` forward, backward and an AdamW step over all '
+                'parameters (the same optimizer for both: the configs\' layer-decay '
+                'constructors only set per-parameter learning rates). Median of the timed '
+                f'steps after {settings.warmup} warm-up step(s), the two models taking turns '
+                'step by step (`convnext_dense/benchmark/whole_models.py`). ' + (
+                    'The recipes train at up to 800x1333 (Mask R-CNN) and 512x512 (UperNet), 2 '
+                    'images per GPU; sizes here as the command sets them.'), '',
+                '| model | our config | reference backbone from | input | batch | reps | '
+                'ours s/step | mmpretrain backbone s/step | ours vs |',
+                '|---|---|---|---|---|---|---|---|---|']
+        for name, rows in whole:
+            pair, ours, theirs = PAIRS[name], rows['ours'], rows['mmpretrain']
+            out.append(f'| {pair.title} | `{pair.config}` | `{pair.reference}` | '
+                       f'{size_str(ours.size)} | {ours.batch} | {ours.reps} | '
+                       f'{ours.seconds:.2f} | {theirs.seconds:.2f} | '
+                       f'{_ratio(theirs.seconds, ours.seconds)} |')
+        out += ['']
     return '\n'.join(out)

@@ -3,8 +3,10 @@ and the run itself.
 
 Every implementation gets the same input in the same process; repetitions are interleaved
 (one step of each in turn), so a machine whose load changes during the run slows all of them
-alike, and the reported figure is the median over repetitions after warm-up. Peak memory is
-measured in a fresh subprocess per measurement (:mod:`.measure`). :mod:`.report` writes the
+alike, and the reported figure is the median over repetitions after warm-up; the whole models
+(:mod:`.whole_models`) likewise, their two backbones taking turns. mmpretrain is made
+importable first thing (:mod:`.mmpretrain_env`). Peak memory is measured in a fresh
+subprocess per measurement (:mod:`.measure`). :mod:`.report` writes the
 markdown; ``tools/benchmark.py`` is the command line.
 """
 from __future__ import annotations
@@ -22,7 +24,6 @@ from .baselines import (
     GPU_ONLY_OPTIONS,
     IMPLS,
     OPTIONS,
-    MMPretrainStatus,
     Variant,
     build_backbone,
     make_input,
@@ -38,6 +39,8 @@ from .measure import (
     profile_step,
     time_interleaved,
 )
+from .mmpretrain_env import MMPretrainStatus, default_overlay
+from .whole_models import PAIRS, WholeModelRow, pair_of, time_pair
 
 Size = tuple[int, int]
 
@@ -76,6 +79,17 @@ class Settings:
     detector_config: str | None = 'configs/mask_rcnn_convnext_t_coco.py'
     detector_size: Size = (800, 1333)
     detector_reps: int = 3
+    #: whole models measured with both backbones (:data:`~.whole_models.PAIRS`), training
+    #: step; input and batch per model (defaults sized for a CPU; the recipes train Mask R-CNN
+    #: at up to 800x1333 and UperNet at 512x512, 2 images per GPU)
+    whole_models: tuple[str, ...] = tuple(PAIRS)
+    whole_sizes: dict[str, Size] = field(default_factory=lambda: {
+        'mask_rcnn': (640, 640), 'upernet': (512, 512)})
+    #: UperNet needs 2 (its pooling module's 1x1 BatchNorm cannot train on one image)
+    whole_batches: dict[str, int] = field(default_factory=lambda: {'mask_rcnn': 1, 'upernet': 2})
+    whole_reps: int = 5
+    #: where mmpretrain is looked for when it is not installed (None: installed only)
+    mmpretrain_overlay: str | None = field(default_factory=lambda: str(default_overlay()))
     threads: int = field(default_factory=torch.get_num_threads)
     device: str = 'cuda' if torch.cuda.is_available() else 'cpu'
 
@@ -134,6 +148,8 @@ class Results:
     speed: list[SpeedRow] = field(default_factory=list)
     memory: list[MemoryRow] = field(default_factory=list)
     detector_images_per_s: float | None = None
+    #: training steps of the whole models, ours against the mmpretrain backbone
+    whole: list[WholeModelRow] = field(default_factory=list)
     #: ``{(variant, mode): {category: ms}}`` of one profiled step
     profiles: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     #: what was left out and why (one line each), e.g. mmpretrain not installed or broken
@@ -209,10 +225,12 @@ def run_memory(settings: Settings, results: Results) -> None:
         batch = settings.batch(size)
         for variant in variants:
             _log(f'memory {arch} {size_str(size)} x{batch} {variant.name}')
-            mib = peak_memory(variant, arch, batch, size, 'train', device, settings.threads)
+            overlay = settings.mmpretrain_overlay
+            mib = peak_memory(variant, arch, batch, size, 'train', device, settings.threads,
+                              mmpretrain_overlay=overlay)
             returned = None if device.type == 'cuda' else peak_memory(
                 variant, arch, batch, size, 'train', device, settings.threads,
-                MALLOC_RETURNS_FREED)
+                MALLOC_RETURNS_FREED, mmpretrain_overlay=overlay)
             results.memory.append(MemoryRow(arch, size, batch, variant.name, mib, returned))
 
 
@@ -267,6 +285,21 @@ def detector_images_per_s(config: str, size: Size, reps: int, device: torch.devi
     return 1 / statistics.median(times['detector'])
 
 
+def run_whole_models(settings: Settings, results: Results,
+                     progress: Callable[[Results], None] = lambda results: None) -> None:
+    """A training step of each whole model with both backbones, interleaved."""
+    device = torch.device(settings.device)
+    for name in settings.whole_models:
+        pair = pair_of(name)
+        size = settings.whole_sizes.get(name, pair.paper_size)
+        batch = settings.whole_batches.get(name, pair.paper_batch)
+        _log(f'whole model {pair.title} {size_str(size)} x{batch}: ours, mmpretrain backbone')
+        results.whole += time_pair(pair, size, batch, settings.warmup, settings.whole_reps,
+                                   device)
+        gc.collect()
+        progress(results)
+
+
 def run(settings: Settings,
         progress: Callable[[Results], None] = lambda results: None) -> Results:
     """Measure everything ``settings`` asks for.
@@ -278,13 +311,20 @@ def run(settings: Settings,
     torch.set_num_threads(settings.threads)
     device = torch.device(settings.device)
     results = Results(settings)
-    if 'mmpretrain' in settings.impls:
-        results.mmpretrain = mmpretrain_status()
+    if 'mmpretrain' in settings.impls or settings.whole_models:
+        # first thing: from here on mmpretrain imports in this process (see .mmpretrain_env)
+        overlay = settings.mmpretrain_overlay
+        results.mmpretrain = mmpretrain_status(overlay, use_overlay=overlay is not None)
+        _log(results.mmpretrain.describe())
         if not results.mmpretrain.usable:
             # not measured; the report says why (not installed, or installed but broken)
             settings.impls = tuple(i for i in settings.impls if i != 'mmpretrain')
             results.skipped.append(results.mmpretrain.describe())
-            _log(f'skipped {results.mmpretrain.describe()}')
+            if settings.whole_models:
+                results.skipped.append('the whole models (they compare with mmpretrain\'s '
+                                       'backbone)')
+                settings.whole_models = ()
+            _log(f'skipped {"; ".join(results.skipped)}')
 
     def update() -> None:
         results.wall_s = time.perf_counter() - start
@@ -303,6 +343,9 @@ def run(settings: Settings,
         _log(f'detector {settings.detector_config}')
         results.detector_images_per_s = detector_images_per_s(
             settings.detector_config, settings.detector_size, settings.detector_reps, device)
+        update()
+    if settings.whole_models:
+        run_whole_models(settings, results, lambda _: update())
     results.complete = True
     update()
     return results

@@ -1,9 +1,10 @@
 """The report, on made-up measurements whose table cells and target verdicts follow by hand."""
 from __future__ import annotations
 
-from convnext_dense.benchmark.baselines import MMPretrainStatus
+from convnext_dense.benchmark.mmpretrain_env import MMPretrainStatus
 from convnext_dense.benchmark.report import render_markdown, target_checks
 from convnext_dense.benchmark.suite import MemoryRow, Results, Settings, SpeedRow
+from convnext_dense.benchmark.whole_models import WholeModelRow
 
 
 def made_up_results() -> Results:
@@ -12,8 +13,8 @@ def made_up_results() -> Results:
                         impls=('ours', 'timm', 'official'), modes=('train',),
                         options=('channels_last', 'with_cp'), option_arch='tiny',
                         option_sizes=((224, 224),), memory_sizes=((800, 1216),),
-                        profile=False, detector_config=None, budget_s=15.0, threads=2,
-                        device='cpu')
+                        profile=False, detector_config=None, whole_models=(), budget_s=15.0,
+                        threads=2, device='cpu')
     results = Results(settings, matmul_samples=[50.0, 80.0, 40.0])
     flops = 10 * 10 ** 9
     for variant, seconds in (('ours', 0.5), ('timm', 0.6), ('official', 0.55),
@@ -75,3 +76,44 @@ def test_report_says_when_mmpretrain_is_broken():
     assert 'Skipped: mmpretrain is installed but fails to import: TypeError: boom' in text
     assert '(fails to import)' in text.split('## Machine')[1].split('Command:')[0]
     assert 'mmpretrain not installed' not in text
+
+
+def test_mmpretrain_column_target_and_the_whole_models():
+    results = made_up_results()
+    results.settings.impls = ('ours', 'timm', 'official', 'mmpretrain')
+    results.speed.append(SpeedRow('tiny', (224, 224), 4, 'train', 'mmpretrain', 0.45, 10 ** 10, 7))
+    results.mmpretrain = MMPretrainStatus(True, version='1.2.0', overlay='/venv/overlays/mmp')
+    results.whole += [WholeModelRow('mask_rcnn', (640, 640), 1, 'ours', 8.0, 5),
+                      WholeModelRow('mask_rcnn', (640, 640), 1, 'mmpretrain', 8.4, 5),
+                      WholeModelRow('upernet', (512, 512), 2, 'ours', 20.0, 5),
+                      WholeModelRow('upernet', (512, 512), 2, 'mmpretrain', 19.0, 5)]
+    checks = target_checks(results)
+    assert ('default eager path >= 1.00x mmpretrain, every size and mode',
+            'min 0.90x (tiny 224x224 train)', False) in checks  # 0.45 / 0.5
+    assert checks[-2:] == [
+        ('whole Mask R-CNN-T training step >= 1.00x the mmpretrain-backbone config, 640x640, '
+         'batch 1', '1.05x', True),  # 8.4 / 8.0
+        ('whole UperNet-T training step >= 1.00x the mmpretrain-backbone config, 512x512, '
+         'batch 2', '0.95x', False)]  # 19 / 20
+    text = render_markdown(results, 'cmd')
+    lines = text.splitlines()
+    assert 'mmpretrain 1.2.0 (overlay /venv/overlays/mmp)' in text.split('## Machine')[1]
+    # ours 8.00 img/s; mmpretrain 4 / 0.45 = 8.89 img/s, ours vs 0.45 / 0.5
+    assert ('| tiny | 224x224 | 4 | train | 7 | 8.00 | 20 (25 %) | 6.67 (1.20x) | '
+            '7.27 (1.10x) | 8.89 (0.90x) |') in lines
+    assert "## Whole models: training step, this backbone against mmpretrain's" in lines
+    assert ('| Mask R-CNN-T | `configs/mask_rcnn_convnext_t_coco.py` | '
+            '`mmdet::convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py` | 640x640 | '
+            '1 | 5 | 8.00 | 8.40 | 1.05x |') in lines
+    assert ('| UperNet-T | `configs/upernet_convnext_t_ade20k_512.py` | '
+            '`mmseg::convnext/convnext-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py` | 512x512 | '
+            '2 | 5 | 20.00 | 19.00 | 0.95x |') in lines
+    assert '| whole UperNet-T training step >= 1.00x the mmpretrain-backbone config, 512x512, ' \
+           'batch 2 | 0.95x | **no** |' in lines
+
+
+def test_a_whole_model_measured_with_one_backbone_only_is_left_out():
+    results = made_up_results()
+    results.whole.append(WholeModelRow('mask_rcnn', (640, 640), 1, 'ours', 8.0, 5))
+    assert not any('whole' in target for target, _, _ in target_checks(results))
+    assert '## Whole models' not in render_markdown(results, 'cmd')

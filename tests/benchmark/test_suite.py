@@ -19,21 +19,29 @@ def test_benchmark_tool_writes_the_report(tmp_path):
                               '--reps', '1', '--threads', '1',
                               '--options', 'channels_last,with_cp,amp', '--option-sizes', '64',
                               '--memory-sizes', '64', '--detector-size', '128x160',
-                              '--out', str(out), timeout=600)
+                              '--whole-sizes', 'mask_rcnn=128x160,upernet=64x64',
+                              '--whole-reps', '1', '--out', str(out), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
     for expected in ('# Benchmarks', '## Machine', 'python tools/benchmark.py --archs atto',
                      '## Targets', '| atto | 64x64 | 2 | infer |', 'official img/s',
                      'ours+channels_last', 'ours+with_cp', 'ours+amp', '## Where the time goes',
-                     '## Peak memory', '## Whole detector', 'images/s'):
+                     '## Peak memory', '## Whole detector', 'images/s',
+                     # mmpretrain from the overlay (make setup), in the tool's own process
+                     'mmpretrain img/s', '| 64x64 | 2 | mmpretrain |',
+                     "## Whole models: training step, this backbone against mmpretrain's",
+                     '| Mask R-CNN-T | `configs/mask_rcnn_convnext_t_coco.py` |',
+                     '| 128x160 | 1 | 1 |', '| UperNet-T |', '| 64x64 | 2 | 1 |',
+                     'whole Mask R-CNN-T training step >= 1.00x the mmpretrain-backbone config'):
         assert expected in text, expected
+    assert 'Skipped' not in text
 
 
 def _tiny_settings(**changes) -> Settings:
     settings = Settings(archs=('atto',), sizes=((32, 32), (48, 48)), batches={}, arch_sizes={},
                         impls=('ours',), modes=('infer',), options=(), memory_sizes=(),
-                        profile=False, detector_config=None, reps=1, budget_s=None, threads=1,
-                        device='cpu')
+                        profile=False, detector_config=None, whole_models=(), reps=1,
+                        budget_s=None, threads=1, device='cpu', mmpretrain_overlay=None)
     for name, value in changes.items():
         setattr(settings, name, value)
     return settings
@@ -91,7 +99,8 @@ def test_benchmark_tool_stopped_by_sigterm_leaves_a_partial_report(tmp_path, mon
     returncode = tool.main(['--archs', 'atto', '--sizes', '32,48', '--batches', '1', '1',
                             '--impls', 'ours', '--modes', 'infer', '--options', '', '--reps', '1',
                             '--budget', '0', '--threads', '1', '--no-memory', '--no-profile',
-                            '--no-detector', '--device', 'cpu', '--out', str(out)])
+                            '--no-detector', '--whole-models', '', '--device', 'cpu',
+                            '--out', str(out)])
     assert returncode == 130
     assert signal.getsignal(signal.SIGTERM) == handler_before
     text = out.read_text()
@@ -107,7 +116,9 @@ def test_tool_arguments_reach_the_settings():
         '--archs', 'T,atto', '--sizes', '64,32x48', '--batches', '2', '3', '--impls',
         'ours,official', '--modes', 'train', '--options', 'with_cp', '--option-sizes', '64',
         '--no-memory', '--no-detector', '--no-profile', '--budget', '0', '--reps', '2',
-        '--warmup', '0', '--threads', '1', '--device', 'cpu']))
+        '--warmup', '0', '--threads', '1', '--device', 'cpu', '--whole-models', 'upernet',
+        '--whole-sizes', 'upernet=256x384', '--whole-batches', 'mask_rcnn=2', '--whole-reps', '3',
+        '--mmpretrain-overlay', '/somewhere/overlay']))
     assert settings.archs == ('tiny', 'atto')
     assert settings.sizes == ((64, 64), (32, 48))
     assert settings.batches == {(64, 64): 2, (32, 48): 3}
@@ -117,8 +128,18 @@ def test_tool_arguments_reach_the_settings():
     assert settings.option_sizes == settings.compile_sizes == ((64, 64),)
     assert (settings.memory_sizes, settings.detector_config, settings.profile) == ((), None, False)
     assert (settings.budget_s, settings.reps, settings.warmup, settings.threads) == (None, 2, 0, 1)
+    assert settings.whole_models == ('upernet',)
+    assert settings.whole_sizes == {'mask_rcnn': (640, 640), 'upernet': (256, 384)}
+    assert settings.whole_batches == {'mask_rcnn': 2, 'upernet': 2}
+    assert (settings.whole_reps, settings.mmpretrain_overlay) == (3, '/somewhere/overlay')
     quick = tool.settings_from_args(tool.parse_args(['--quick']))
     assert (quick.archs, quick.budget_s) == (('tiny',), 10.0)
+    assert quick.whole_models == ('mask_rcnn', 'upernet')
+    none = tool.settings_from_args(tool.parse_args(['--whole-models', '',
+                                                    '--mmpretrain-overlay', '']))
+    assert (none.whole_models, none.mmpretrain_overlay) == ((), None)
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--whole-sizes', 'cascade=800x1333'])
 
 
 def test_gpu_only_options_are_skipped_on_a_cpu():
