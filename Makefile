@@ -8,7 +8,7 @@ STAMP := $(VENV)/.convnext_dense-installed
 MMPRETRAIN_OVERLAY := $(VENV)/overlays/mmpretrain
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-seg demo-export test test-fast lint clean
+.PHONY: setup demo demo-seg demo-deeplab demo-export test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ demo: setup
 # The same for UperNet (mIoU); results in work_dirs/demo/upernet/.
 demo-seg: setup
 	$(PY) tools/demo.py seg --work-dir work_dirs/demo $(DEMO_ARGS)
+
+# DeepLabV3+ at output stride 16 on the same data (mIoU); results in work_dirs/demo/deeplabv3plus/.
+demo-deeplab: setup
+	$(PY) tools/demo.py deeplab --work-dir work_dirs/demo $(DEMO_ARGS)
 
 # After `make demo` and `make demo-seg`: both trained demo models exported to ONNX, evaluated
 # with ONNX Runtime next to PyTorch (onnx_metrics.json), predictions drawn (onnx_infer/).

@@ -1,9 +1,10 @@
 """The built-in demo: train and evaluate a ConvNeXt model on generated shapes, draw the result.
 
 Generates the demo dataset under data/demo/ if needed, trains with the real mmengine Runner
-(Mask R-CNN for `det`, UperNet for `seg`; configs/demo/), evaluates on the val split and
-writes metrics.json, predictions.png and curves.png into WORK_DIR/mask_rcnn or
-WORK_DIR/upernet. About 12 minutes per task on 2 CPU cores; --quick is a short smoke run.
+(Mask R-CNN for `det`, UperNet for `seg`, DeepLabV3+ at output stride 16 for `deeplab`;
+configs/demo/), evaluates on the val split and writes metrics.json, predictions.png and
+curves.png into WORK_DIR/mask_rcnn, WORK_DIR/upernet or WORK_DIR/deeplabv3plus. About 10 to 15
+minutes per task on 2 CPU cores; --quick is a short smoke run.
 --export (after training) exports the trained model to ONNX, evaluates it with ONNX Runtime
 next to PyTorch (onnx_metrics.json) and draws its predictions (onnx_infer/).
 
@@ -29,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
     parser.add_argument('task', nargs='?', choices=sorted(TASKS), default='det',
-                        help='det: Mask R-CNN (COCO metrics); seg: UperNet (mIoU)')
+                        help='det: Mask R-CNN (COCO metrics); seg: UperNet (mIoU); '
+                             'deeplab: DeepLabV3+ at output stride 16 (mIoU)')
     parser.add_argument('--work-dir', default='work_dirs/demo',
                         help='output folder; the task writes into its own subfolder')
     parser.add_argument('--quick', action='store_true',

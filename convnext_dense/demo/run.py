@@ -1,15 +1,18 @@
 """The built-in demo: train, evaluate and draw a ConvNeXt model on the generated shapes data.
 
 ``run_demo('det')`` trains Mask R-CNN (``configs/demo/mask_rcnn_convnext_demo.py``),
-``run_demo('seg')`` UperNet (``configs/demo/upernet_convnext_demo.py``). Both configs inherit
-the paper's recipes and scale them down for a CPU. One run:
+``run_demo('seg')`` UperNet (``configs/demo/upernet_convnext_demo.py``), ``run_demo('deeplab')``
+DeepLabV3+ at output stride 16 (``configs/demo/deeplabv3plus_convnext_demo.py``, the UperNet
+demo with DeepLabV3+'s head). The configs inherit the paper's recipes and scale them down for a
+CPU. One run:
 
 1. generates the dataset the config describes (``demo_dataset``, written by
    :mod:`convnext_dense.demo_data` at the datasets' ``data_root``; idempotent);
 2. trains through the real mmengine Runner (:func:`convnext_dense.runner.prepare_train_cfg`,
    :func:`~convnext_dense.runner.build_runner`), validating on the val split with the config's
    evaluator (mmdet's ``CocoMetric``, mmseg's ``IoUMetric``) during and at the end of training;
-3. writes into ``WORK_DIR/<mask_rcnn|upernet>/``: ``metrics.json`` (the final val metrics),
+3. writes into ``WORK_DIR/<mask_rcnn|upernet|deeplabv3plus>/``: ``metrics.json`` (the final val
+   metrics),
    ``predictions.png`` (ground truth | prediction for the first val images, drawn by the
    config's visualizer: mmdet's ``DetLocalVisualizer`` / mmseg's ``SegLocalVisualizer``) and
    ``curves.png`` (training loss and val metrics, read from the run's ``vis_data/scalars.json``).
@@ -62,6 +65,10 @@ class DemoTask:
     quick_options: Dict[str, object] = field(default_factory=dict)
 
 
+#: The segmentation demos' short schedule (``quick=True``): 150 iterations.
+SEG_QUICK_OPTIONS = {'train_cfg.max_iters': 150, 'train_cfg.val_interval': 150,
+                     'param_scheduler.1.end': 150, 'default_hooks.checkpoint.interval': 150}
+
 TASKS: Dict[str, DemoTask] = {
     'det': DemoTask(
         config='configs/demo/mask_rcnn_convnext_demo.py', out_name='mask_rcnn',
@@ -71,10 +78,10 @@ TASKS: Dict[str, DemoTask] = {
                        'default_hooks.checkpoint.interval': 3}),
     'seg': DemoTask(
         config='configs/demo/upernet_convnext_demo.py', out_name='upernet',
-        metrics=('mIoU',),
-        quick_options={'train_cfg.max_iters': 150, 'train_cfg.val_interval': 150,
-                       'param_scheduler.1.end': 150,
-                       'default_hooks.checkpoint.interval': 150}),
+        metrics=('mIoU',), quick_options=SEG_QUICK_OPTIONS),
+    'deeplab': DemoTask(
+        config='configs/demo/deeplabv3plus_convnext_demo.py', out_name='deeplabv3plus',
+        metrics=('mIoU',), quick_options=SEG_QUICK_OPTIONS),
 }
 
 #: How many validation images ``predictions.png`` shows, and in how many columns.
@@ -87,7 +94,7 @@ class DemoResult:
     """What a demo run produced.
 
     Attributes:
-        task: ``'det'`` or ``'seg'``.
+        task: a key of :data:`TASKS` (``'det'``, ``'seg'``, ``'deeplab'``).
         metrics: the final val metrics of the evaluator.
         out_dir: the folder with everything below.
         metrics_file: ``metrics.json``.
@@ -168,7 +175,7 @@ def prepare_demo_cfg(task: str, work_dir: PathLike = 'work_dirs/demo', quick: bo
     """Generate the demo data if needed and return the training config of ``task``.
 
     Args:
-        task: ``'det'`` or ``'seg'``.
+        task: a key of :data:`TASKS` (``'det'``, ``'seg'``, ``'deeplab'``).
         work_dir: the demo's work dir; this task's run goes to ``work_dir/<out_name>``.
         quick: use the short schedule of :data:`TASKS` (a smoke run).
         data_root: where the dataset lives (and is generated); default: the config's.
@@ -216,7 +223,7 @@ def train_and_report(task: str, cfg: Config, start: Optional[float] = None) -> D
     """Train ``cfg`` (from :func:`prepare_demo_cfg`), then write metrics and pictures.
 
     Args:
-        task: ``'det'`` or ``'seg'``.
+        task: a key of :data:`TASKS` (``'det'``, ``'seg'``, ``'deeplab'``).
         cfg: the prepared training config.
         start: ``time.perf_counter()`` at the start of the run (data preparation included).
     """

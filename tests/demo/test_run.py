@@ -52,6 +52,23 @@ def base_of(config: str) -> str:
 # --- the configs ------------------------------------------------------------------------------
 
 
+def test_deeplab_demo_is_the_upernet_demo_with_deeplabs_head():
+    """Everything of the UperNet demo but the decode head, which is the shipped DeepLabV3+
+    output-stride-16 head at the demo's widths, and the backbone's output stride."""
+    deeplab, upernet, paper = (Config.fromfile(str(REPO / p)) for p in (
+        TASKS['deeplab'].config, TASKS['seg'].config,
+        'configs/deeplabv3plus_convnext_t_os16_ade20k_512.py'))
+    scaled = ('in_channels', 'channels', 'c1_in_channels', 'c1_channels', 'num_classes')
+    head, paper_head = deeplab.model.decode_head, paper.model.decode_head
+    assert {k: v for k, v in head.items() if k not in scaled} == {
+        k: v for k, v in paper_head.items() if k not in scaled}
+    assert (head.in_channels, head.c1_in_channels, head.num_classes) == (320, 40, 6)  # atto
+    assert deeplab.model.backbone.pop('output_stride') == 16
+    for cfg in (deeplab, upernet):
+        cfg.model.pop('decode_head')
+    assert deeplab.to_dict() | {'filename': None} == upernet.to_dict() | {'filename': None}
+
+
 @pytest.mark.parametrize('task', sorted(DEMO_CONFIGS))
 def test_demo_config_inherits_the_papers_recipe(task):
     demo_path, paper_path = DEMO_CONFIGS[task]
@@ -149,7 +166,8 @@ def test_prepare_refuses_a_folder_with_other_content(tmp_path):
 
 
 def test_unknown_task_is_named():
-    with pytest.raises(ValueError, match=r"task must be one of \['det', 'seg'\], got 'cls'"):
+    with pytest.raises(ValueError,
+                       match=r"task must be one of \['deeplab', 'det', 'seg'\], got 'cls'"):
         prepare_demo_cfg('cls')
 
 
@@ -213,16 +231,18 @@ SMALL_DATA = {
     'seg': {'demo_dataset.num_train': 160, 'demo_dataset.num_val': 8,
             'train_dataloader.batch_size': 4},
 }
+SMALL_DATA['deeplab'] = SMALL_DATA['seg']
 #: ONNX Runtime against PyTorch on the same checkpoint (issue #15): mAP on the 0-1 scale, mIoU
 #: in points.
 EXPORT_TOLERANCE = {'det': {'coco/bbox_mAP': 0.005, 'coco/segm_mAP': 0.005},
-                    'seg': {'mIoU': 0.2}}
+                    'seg': {'mIoU': 0.2}, 'deeplab': {'mIoU': 0.2}}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('task, metric, margin, finite', [
     ('det', 'coco/bbox_mAP_50', 0.2, ()),
     ('seg', 'mIoU', 20, ('aAcc',)),
+    ('deeplab', 'mIoU', 20, ('aAcc',)),
 ])
 def test_short_demo_beats_the_untrained_model(tmp_path, task, metric, margin, finite):
     cfg = prepare_demo_cfg(task, tmp_path / 'work', quick=True, data_root=tmp_path / 'data',
