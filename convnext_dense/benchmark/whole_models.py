@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from mmengine.config import ConfigDict
 
 Size = tuple[int, int]
-#: the two variants of each pair
-VARIANTS = ('ours', 'mmpretrain')
 
 
 @dataclass(frozen=True)
