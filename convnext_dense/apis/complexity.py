@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from mmengine.analysis import FlopAnalyzer
 from mmengine.config import Config
-from mmengine.registry import DefaultScope
 
+from .models import build_toolbox_model
 from .runner import toolbox_of
 
 #: Detection FLOPs at 1280x800 with the paper's (mmdet 2.x) dummy forward: the box
@@ -27,13 +27,9 @@ class Complexity:
 
 def build_model(cfg: Config) -> torch.nn.Module:
     """Build the config's model through its toolbox's registry, without pretrained weights."""
-    toolbox = toolbox_of(cfg)
-    registry = __import__(f'{toolbox}.registry', fromlist=['MODELS']).MODELS
-    __import__(f'{toolbox}.models')
     model_cfg = cfg.model.copy()
     model_cfg.backbone.pop('init_cfg', None)  # no download for counting
-    with DefaultScope.overwrite_default_scope(toolbox):
-        return registry.build(model_cfg)
+    return build_toolbox_model(toolbox_of(cfg), model_cfg)
 
 
 def paper_input_size(cfg: Config) -> tuple[int, int]:

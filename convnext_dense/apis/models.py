@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 from mmengine.config import Config
@@ -14,18 +15,22 @@ from ..checkpoint.safe_loading import mmengine_safe_globals
 from .runner import toolbox_of
 
 
+def build_toolbox_model(toolbox: str, model_cfg: Mapping) -> nn.Module:
+    """A model config built by ``toolbox``'s (``'mmdet'``/``'mmseg'``) registry, in its
+    scope; weights as the modules initialise them (no ``init_weights``)."""
+    import importlib
+    importlib.import_module(f'{toolbox}.models')  # registers the toolbox's models
+    registry = importlib.import_module(f'{toolbox}.registry').MODELS
+    with DefaultScope.overwrite_default_scope(toolbox):
+        return registry.build(model_cfg)
+
+
 def build_model(cfg: Config) -> nn.Module:
     """The config's detector or segmentor, from its toolbox's registry, in eval mode.
 
     The backbone's ``init_cfg`` (ImageNet weights) is not applied: trained weights follow.
     """
-    import importlib
-    toolbox = toolbox_of(cfg)
-    importlib.import_module(f'{toolbox}.models')  # registers the toolbox's models
-    registry = importlib.import_module(f'{toolbox}.registry').MODELS
-    with DefaultScope.overwrite_default_scope(toolbox):
-        model = registry.build(cfg.model)
-    return model.eval()
+    return build_toolbox_model(toolbox_of(cfg), cfg.model).eval()
 
 
 def load_trained_weights(model: nn.Module, checkpoint: str | os.PathLike) -> None:

@@ -125,17 +125,6 @@ def pair_configs(pair: WholeModelPair, size: Size) -> tuple[str, ConfigDict, Con
     return toolbox_of(cfg), model, reference
 
 
-def build_from_config(toolbox: str, model_cfg: ConfigDict) -> nn.Module:
-    """A model config built by the toolbox's registry, in its scope (weights not initialised)."""
-    import importlib
-
-    from mmengine.registry import DefaultScope
-    importlib.import_module(f'{toolbox}.models')  # registers the toolbox's models
-    registry = importlib.import_module(f'{toolbox}.registry').MODELS
-    with DefaultScope.overwrite_default_scope(toolbox):
-        return registry.build(model_cfg)
-
-
 def build_pair(pair: WholeModelPair, size: Size, seed: int = 0,
                overrides: dict | None = None) -> dict[str, nn.Module]:
     """Both models with the same weights, in train mode: ``{'ours': ..., 'mmpretrain': ...}``.
@@ -143,11 +132,12 @@ def build_pair(pair: WholeModelPair, size: Size, seed: int = 0,
     ``overrides`` are merged into both backbone configs (tests: ``drop_path_rate=0``).
     Needs mmpretrain importable (:func:`~.mmpretrain_env.activate_mmpretrain`).
     """
+    from ..apis.models import build_toolbox_model
     from ..checkpoint.whole_model import convert_whole_checkpoint
     toolbox, ours_cfg, reference_cfg = pair_configs(pair, size)
     for model_cfg in (ours_cfg, reference_cfg):
         model_cfg['backbone'].update(overrides or {})
-    reference = build_from_config(toolbox, reference_cfg)
+    reference = build_toolbox_model(toolbox, reference_cfg)
     backbone_module = type(reference.backbone).__module__
     if not backbone_module.startswith('mmpretrain'):
         raise RuntimeError(f'{pair.reference}: its backbone is {backbone_module}, not '
@@ -158,7 +148,7 @@ def build_pair(pair: WholeModelPair, size: Size, seed: int = 0,
     conversion = convert_whole_checkpoint({'state_dict': reference.state_dict()},
                                           source=f'{pair.title} with mmpretrain.ConvNeXt',
                                           src_format='mmpretrain')
-    ours = build_from_config(toolbox, ours_cfg)
+    ours = build_toolbox_model(toolbox, ours_cfg)
     ours.load_state_dict(conversion.state_dict, strict=True)
     return {'ours': ours.train(), 'mmpretrain': _train(reference)}
 

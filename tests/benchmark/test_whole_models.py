@@ -8,9 +8,9 @@ import pytest
 import torch
 from mmengine.config import ConfigDict
 
+from convnext_dense.apis.models import build_toolbox_model
 from convnext_dense.benchmark.whole_models import (
     PAIRS,
-    build_from_config,
     make_train_step,
     pair_configs,
     reference_backbone,
@@ -48,7 +48,7 @@ def test_the_two_configs_differ_in_the_backbone_only(name):
 def _ours(name: str, size: tuple[int, int]) -> torch.nn.Module:
     toolbox, ours, _ = pair_configs(PAIRS[name], size)
     torch.manual_seed(0)
-    return build_from_config(toolbox, ours).train()
+    return build_toolbox_model(toolbox, ours).train()
 
 
 def test_detection_batch_and_training_step():
