@@ -306,6 +306,13 @@ def test_model_builds_with_the_papers_parameter_count(name):
     assert result.params / 1e6 == pytest.approx(paper_params, rel=0.01)
 
 
+def test_counting_leaves_the_config_as_it_was():
+    cfg = Config.fromfile(str(CONFIGS / 'upernet_convnext_t_ade20k_512.py'))
+    before = cfg.model.to_dict()
+    model_complexity(cfg, with_flops=False)
+    assert cfg.model.to_dict() == before  # the pretrained init_cfg is still there
+
+
 def test_missing_coco_is_one_clear_message(tmp_path, capsys):
     train = load_tool('train')
     missing = tmp_path / 'nowhere'

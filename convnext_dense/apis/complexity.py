@@ -1,6 +1,7 @@
 """Parameters and FLOPs of a config's model at the paper's input sizes."""
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ class Complexity:
 
 def build_model(cfg: Config) -> torch.nn.Module:
     """Build the config's model through its toolbox's registry, without pretrained weights."""
-    model_cfg = cfg.model.copy()
+    model_cfg = copy.deepcopy(cfg.model)  # a shallow copy shares the backbone dict
     model_cfg.backbone.pop('init_cfg', None)  # no download for counting
     return build_toolbox_model(toolbox_of(cfg), model_cfg)
 
