@@ -19,17 +19,12 @@ PathLike = Union[str, Path]
 NUM_INFER_IMAGES = 4
 
 
-#: The make target that trains each demo.
-DEMO_TARGETS = {'det': 'make demo', 'seg': 'make demo-seg', 'deeplab': 'make demo-deeplab'}
-
-
 def last_checkpoint(run_dir: Path, task: str) -> Path:
     """The checkpoint the demo run of ``run_dir`` saved last."""
     marker = run_dir / 'last_checkpoint'
     if not marker.is_file():
-        target = DEMO_TARGETS.get(task, f'python tools/demo.py {task}')
         raise FileNotFoundError(f'{run_dir}: no trained demo model (no last_checkpoint); run '
-                                f'`{target}` first')
+                                f'`{get_task(task).make_target}` first')
     return Path(marker.read_text().strip())
 
 

@@ -56,12 +56,14 @@ class DemoTask:
             an install alike by :func:`~convnext_dense.apis.config_files.packaged_config`).
         out_name: folder under the work dir that receives the run and its pictures.
         metrics: the headline val metrics (keys of the evaluator's result).
+        make_target: the Makefile command that runs it.
         quick_options: ``--cfg-options`` of ``quick=True`` (a short schedule).
     """
 
     config: str
     out_name: str
     metrics: Tuple[str, ...]
+    make_target: str
     quick_options: Dict[str, object] = field(default_factory=dict)
 
 
@@ -72,16 +74,16 @@ SEG_QUICK_OPTIONS = {'train_cfg.max_iters': 150, 'train_cfg.val_interval': 150,
 TASKS: Dict[str, DemoTask] = {
     'det': DemoTask(
         config='configs/demo/mask_rcnn_convnext_demo.py', out_name='mask_rcnn',
-        metrics=('coco/bbox_mAP', 'coco/segm_mAP'),
+        metrics=('coco/bbox_mAP', 'coco/segm_mAP'), make_target='make demo',
         quick_options={'train_cfg.max_epochs': 3, 'train_cfg.val_interval': 3,
                        'param_scheduler.1.end': 3, 'param_scheduler.1.milestones': [3],
                        'default_hooks.checkpoint.interval': 3}),
     'seg': DemoTask(
         config='configs/demo/upernet_convnext_demo.py', out_name='upernet',
-        metrics=('mIoU',), quick_options=SEG_QUICK_OPTIONS),
+        metrics=('mIoU',), make_target='make demo-seg', quick_options=SEG_QUICK_OPTIONS),
     'deeplab': DemoTask(
         config='configs/demo/deeplabv3plus_convnext_demo.py', out_name='deeplabv3plus',
-        metrics=('mIoU',), quick_options=SEG_QUICK_OPTIONS),
+        metrics=('mIoU',), make_target='make demo-deeplab', quick_options=SEG_QUICK_OPTIONS),
 }
 
 #: How many validation images ``predictions.png`` shows, and in how many columns.

@@ -165,6 +165,16 @@ def test_prepare_refuses_a_folder_with_other_content(tmp_path):
         prepare_demo_cfg('det', tmp_path / 'work', data_root=tmp_path / 'coco')
 
 
+@pytest.mark.parametrize('task', sorted(TASKS))
+def test_each_demo_has_its_make_target_and_the_export_names_it(tmp_path, task):
+    from convnext_dense.demo.export import last_checkpoint
+    target = TASKS[task].make_target.removeprefix('make ')
+    makefile = (REPO / 'Makefile').read_text()
+    assert f'\n{target}: setup\n\t$(PY) tools/demo.py {task} ' in makefile
+    with pytest.raises(FileNotFoundError, match=f'run `{TASKS[task].make_target}` first'):
+        last_checkpoint(tmp_path, task)
+
+
 def test_unknown_task_is_named():
     with pytest.raises(ValueError,
                        match=r"task must be one of \['deeplab', 'det', 'seg'\], got 'cls'"):
