@@ -4,14 +4,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from torch import nn
 
-from ..checkpoint.io import CheckpointError, read_checkpoint
-from ..checkpoint.model_fit import describe_misfit
-from ..checkpoint.safe_loading import mmengine_safe_globals
+from ..checkpoint.io import CheckpointError
+from ..checkpoint.model_fit import describe_misfit, read_model_weights
 from .runner import toolbox_of
 
 
@@ -42,10 +40,7 @@ def load_trained_weights(model: nn.Module, checkpoint: str | os.PathLike) -> Non
             unconverted mmdet 3.x / mmseg 1.x ConvNeXt checkpoint) and names the first
             missing, unexpected and wrongly shaped keys.
     """
-    with torch.serialization.safe_globals(mmengine_safe_globals()):
-        loaded = read_checkpoint(checkpoint)
-    state = loaded.get('state_dict', loaded)
-    state = {k.removeprefix('module.'): v for k, v in state.items()}
+    state = read_model_weights(checkpoint)
     problem = describe_misfit(state, model, str(checkpoint), "the config's model")
     if problem:
         raise CheckpointError(problem)

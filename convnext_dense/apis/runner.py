@@ -7,6 +7,7 @@ Runner does the work.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import os.path as osp
 import textwrap
@@ -260,6 +261,62 @@ def set_randomness(cfg: Config, seed: int | None = None, deterministic: bool = F
     cfg.randomness = randomness
 
 
+def _checkable_path(checkpoint: str) -> str | None:
+    """The local file to compare with the config's model (an http(s) URL downloaded into the
+    cache); None for a scheme only mmengine's file backends read (``s3://``, ...)."""
+    from ..checkpoint.download import DownloadError, local_path
+    from ..checkpoint.io import CheckpointError
+    scheme = checkpoint.split('://', 1)[0] if '://' in checkpoint else ''
+    if scheme and scheme not in ('http', 'https', 'file'):
+        return None
+    try:
+        return str(local_path(checkpoint))
+    except DownloadError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def checkpoint_misfit(cfg: Config, checkpoint: str, local: str | None = None) -> str | None:
+    """What in ``checkpoint``'s weights does not fit ``cfg.model`` (None when all fits).
+
+    The model is built on the meta device (shapes only, no memory for weights); the message
+    is :func:`~convnext_dense.checkpoint.model_fit.describe_misfit`'s, as
+    :func:`~convnext_dense.apis.models.load_trained_weights` gives it. ``local`` is the file
+    to read when ``checkpoint`` is a URL.
+
+    Raises:
+        CheckpointError: ``checkpoint`` cannot be read.
+    """
+    from ..checkpoint.model_fit import describe_misfit, read_model_weights
+    from .models import build_model
+    state = read_model_weights(local or checkpoint)
+    try:
+        with torch.device('meta'):
+            model = build_model(cfg)
+    except (NotImplementedError, RuntimeError):  # a module that computes at build time
+        model = build_model(cfg)
+    return describe_misfit(state, model, str(checkpoint), "the config's model")
+
+
+def _warn_if_load_from_misfits(cfg: Config) -> None:
+    """Training keeps mmengine's non-strict ``load_from`` (fine-tuning on another class count
+    loads what fits) but says what does not fit, before the runner starts."""
+    from ..checkpoint.io import CheckpointError
+    load_from = cfg.get('load_from')
+    if not load_from or cfg.get('resume'):
+        return
+    try:
+        local = _checkable_path(str(load_from))
+        problem = checkpoint_misfit(cfg, str(load_from), local) if local else None
+    except CheckpointError as exc:  # mmengine reads it (and reports its own error) later
+        print_log(f'load_from could not be compared with the config\'s model: {exc}',
+                  logger='current', level=logging.WARNING)
+        return
+    if problem:
+        print_log(f'load_from: {problem}. Training goes on: the weights that fit are loaded '
+                  '(mmengine\'s load_from is not strict), the others keep their '
+                  'initialisation.', logger='current', level=logging.WARNING)
+
+
 def prepare_train_cfg(config: str, work_dir: str | None = None, resume: str | bool | None = None,
                       amp: bool = False, cfg_options: dict | None = None,
                       launcher: str = 'none', seed: int | None = None,
@@ -279,13 +336,23 @@ def prepare_train_cfg(config: str, work_dir: str | None = None, resume: str | bo
         cfg.resume, cfg.load_from = True, resume
     check_datasets(cfg, ('train_dataloader', 'val_dataloader') if cfg.get('val_cfg')
                    else ('train_dataloader',))
+    _warn_if_load_from_misfits(cfg)
     return cfg
 
 
 def prepare_test_cfg(config: str, checkpoint: str, work_dir: str | None = None,
                      show_dir: str | None = None, tta: bool = False,
                      cfg_options: dict | None = None, launcher: str = 'none') -> Config:
-    """Build the test config as mmdet's/mmseg's tools/test.py would."""
+    """Build the test config as mmdet's/mmseg's tools/test.py would.
+
+    A ``.pth`` whose weights do not fit the config's model is refused here (mmengine's
+    ``load_from`` would load what fits and evaluate the rest as initialised).
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read, or does not fit: what differs in
+            words, then the first mismatching keys.
+    """
+    from ..checkpoint.io import CheckpointError
     cfg = load_config(config, cfg_options)
     toolbox = toolbox_of(cfg)
     cfg.launcher = launcher
@@ -293,6 +360,17 @@ def prepare_test_cfg(config: str, checkpoint: str, work_dir: str | None = None,
     cfg.load_from = checkpoint
     if str(checkpoint).endswith('.onnx'):
         use_onnx_runtime(cfg, checkpoint, tta)
+    else:
+        local = _checkable_path(str(checkpoint))
+        if local is None:
+            print_log(f'{checkpoint}: read by mmengine\'s file backends; its keys are not '
+                      'compared with the config\'s model', logger='current',
+                      level=logging.WARNING)
+        else:
+            problem = checkpoint_misfit(cfg, str(checkpoint), local)
+            if problem:
+                raise CheckpointError(problem)
+            cfg.load_from = local  # a URL is downloaded once, here
     fit_dist_backend_to_device(cfg)
     if show_dir:
         hook = cfg.default_hooks.get('visualization')
@@ -349,6 +427,6 @@ def build_runner(cfg: Config):
     return Runner.from_cfg(cfg)
 
 
-__all__ = ['DatasetNotFoundError', 'build_runner', 'check_datasets',
+__all__ = ['DatasetNotFoundError', 'build_runner', 'check_datasets', 'checkpoint_misfit',
            'fit_optim_wrapper_to_device', 'load_config', 'prepare_test_cfg',
            'prepare_train_cfg', 'set_randomness', 'toolbox_of']

@@ -1,14 +1,17 @@
 """Whether a whole model's weights fit a built model, and what differs, in words.
 
 Used where trained weights meet a config's model: ``tools/convert_checkpoint.py --whole
---config`` (before anything is written) and
-:func:`convnext_dense.apis.models.load_trained_weights` (``tools/test.py``,
-``tools/infer.py``, exports). Besides the first missing, unexpected and wrongly shaped
-keys, a misfit is named: number of classes, head type (a Mask R-CNN checkpoint for a
-Cascade config, a segmentor for a detector) and backbone arch.
+--config`` (before anything is written),
+:func:`convnext_dense.apis.models.load_trained_weights` (``tools/infer.py``, exports),
+``tools/test.py`` (a misfit is refused before the runner evaluates) and training with
+``load_from`` (a misfit is logged as a warning: fine-tuning on another class count is
+normal, and mmengine loads what fits). Besides the first missing, unexpected and wrongly
+shaped keys, a misfit is named: number of classes, head type (a Mask R-CNN checkpoint for
+a Cascade config, a segmentor for a detector) and backbone arch.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 
@@ -17,9 +20,10 @@ from torch import nn
 
 from ..utils import first_n_and_more
 from .convert import ArchInfo
-from .io import CheckpointError
+from .io import CheckpointError, read_checkpoint
 from .layouts import detect_format
 from .layouts.common import StateDict
+from .safe_loading import mmengine_safe_globals
 
 #: Last module names of class-score layers (their output rows count classes).
 _CLASSIFIERS = ('fc_cls', 'conv_logits', 'conv_seg', 'conv_cls')
@@ -156,4 +160,18 @@ def describe_misfit(state_dict: StateDict, model: nn.Module, source: str,
         '. '.join(lines)
 
 
-__all__ = ['describe_misfit', 'describe_model', 'misfit']
+def read_model_weights(checkpoint: str | os.PathLike) -> StateDict:
+    """A whole model's weights from an mmengine checkpoint or a bare state dict, keyed as
+    mmengine loads them (``state_dict`` taken, a DDP ``module.`` prefix removed).
+
+    Raises:
+        CheckpointError: the file cannot be read safely (see
+            :func:`~convnext_dense.checkpoint.io.read_checkpoint`).
+    """
+    with torch.serialization.safe_globals(mmengine_safe_globals()):
+        loaded = read_checkpoint(checkpoint)
+    state = loaded.get('state_dict', loaded)
+    return {k.removeprefix('module.'): v for k, v in state.items()}
+
+
+__all__ = ['describe_misfit', 'describe_model', 'misfit', 'read_model_weights']
