@@ -1,7 +1,10 @@
 """Run a trained model (.pth) or its export (end2end.onnx) on your own images.
 
-Draws the predictions with mmdet's/mmseg's visualizer into OUT/vis/ and writes
-OUT/predictions.json (and, for segmentation, the class maps into OUT/class_maps/).
+Draws the predictions with mmdet's/mmseg's visualizer into OUT/vis/ and records them in
+OUT/predictions.jsonl as each image is done and in OUT/predictions.json at the end (for
+segmentation, the class maps go into OUT/class_maps/). Outputs keep the images' relative
+paths (a/x.jpg and b/x.jpg stay apart). An image that cannot be read is named and skipped;
+the exit status is then 1.
 
 Example:
     python tools/infer.py configs/demo/mask_rcnn_convnext_demo.py \
@@ -12,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convnext_dense.apis.inference import run_inference
+from convnext_dense.apis.inference import describe_failures, run_inference
 from convnext_dense.checkpoint.io import CheckpointError
 
 
@@ -22,10 +25,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('config', help='config file (or shipped config name)')
     parser.add_argument('model', help='trained weights (.pth) or an exported end2end.onnx')
     parser.add_argument('inputs', nargs='+', help='image files and/or folders of images')
-    parser.add_argument('--out-dir', required=True, help='where drawings and JSON go')
+    parser.add_argument('--out-dir', '--out', dest='out_dir', required=True,
+                        help='output folder: new, empty, or an earlier tools/infer.py output '
+                             '(with --force)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detections drawn from this score up (all go into the JSON)')
-    parser.add_argument('--force', action='store_true', help='write into a non-empty --out-dir')
+    parser.add_argument('--device', help='cpu, cuda or cuda:N for a .pth (default: cuda if '
+                        'available, else cpu); an .onnx runs on the CPU (ONNX Runtime)')
+    parser.add_argument('--force', action='store_true',
+                        help='replace an earlier tools/infer.py output in --out-dir (the '
+                             'predictions files and the drawings and class maps they list); '
+                             'a folder holding other files is never written into')
+    parser.add_argument('--no-progress', dest='progress', action='store_false',
+                        help='no progress bar on stderr')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
     return parser.parse_args(argv)
@@ -34,13 +46,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        path = run_inference(args.config, args.model, args.inputs, args.out_dir,
-                             args.score_thr, args.force, args.cfg_options)
+        result = run_inference(args.config, args.model, args.inputs, args.out_dir,
+                               args.score_thr, args.force, args.cfg_options, args.device,
+                               args.progress)
     except (CheckpointError, FileExistsError, FileNotFoundError, ImportError,
             ValueError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    print(f'wrote {path}')
+    print(f'wrote {result.predictions} ({result.num_images - len(result.failed)} of '
+          f'{result.num_images} images)')
+    if result.failed:
+        print(f'error: {describe_failures(result)}', file=sys.stderr)
+        return 1
     return 0
 
 

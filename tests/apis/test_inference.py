@@ -1,6 +1,8 @@
 """tools/infer.py: a .pth or an end2end.onnx on a user's images, drawn and recorded."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from convnext_dense.apis.inference import collect_images, run_inference
+from convnext_dense.apis.inference import collect_images, inference_device, run_inference
 from convnext_dense.apis.models import build_model
 from convnext_dense.demo.data import make_ade20k_dataset, make_coco_dataset
 from convnext_dense.deploy.export import export_onnx
@@ -39,6 +41,11 @@ def pictures(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope='module')
+def seg_checkpoint(tmp_path_factory) -> Path:
+    return random_checkpoint(SEG_DEMO, tmp_path_factory.mktemp('seg') / 'seg.pth')
+
+
 def test_segmentation_pth_and_onnx_agree_on_a_folder(tmp_path, pictures):
     checkpoint = random_checkpoint(SEG_DEMO, tmp_path / 'seg.pth')
     onnx_file = export_onnx(SEG_DEMO, str(checkpoint), tmp_path / 'onnx')
@@ -52,13 +59,17 @@ def test_segmentation_pth_and_onnx_agree_on_a_folder(tmp_path, pictures):
         images = predictions['images']
         assert [Path(r['image']).name for r in images] == ['holiday_000000.jpg',
                                                            'holiday_000001.jpg']
+        out = tmp_path / f'out_{name}'
         for record in images:
-            class_map = cv2.imread(record['class_map'], cv2.IMREAD_UNCHANGED)
+            assert record['class_map'] == f'class_maps/{Path(record["image"]).stem}.png'
+            class_map = cv2.imread(str(out / record['class_map']), cv2.IMREAD_UNCHANGED)
             assert class_map.shape == (96, 144) == (record['height'], record['width'])
             assert sum(record['pixels_per_class'].values()) == 96 * 144
-            drawn = cv2.imread(str(tmp_path / f'out_{name}' / 'vis' / Path(record['image']).name))
+            assert record['vis'] == f'vis/{Path(record["image"]).name}'
+            drawn = cv2.imread(str(out / record['vis']))
             assert drawn.shape == (96, 144, 3)
-        records[name] = [cv2.imread(r['class_map'], cv2.IMREAD_UNCHANGED) for r in images]
+        records[name] = [cv2.imread(str(out / r['class_map']), cv2.IMREAD_UNCHANGED)
+                         for r in images]
     # The test pipeline resizes these 96x144 pictures to 107x160: mmseg resizes the logits back
     # (bilinear) before its argmax, the export's class map is resized (nearest): only pixels at
     # class borders may differ; a random model's class maps are all borders: 2.4 % differ here.
@@ -68,9 +79,9 @@ def test_segmentation_pth_and_onnx_agree_on_a_folder(tmp_path, pictures):
 
 def test_detection_records_boxes_classes_and_masks(tmp_path, pictures):
     checkpoint = random_checkpoint(DET_DEMO, tmp_path / 'det.pth')
-    path = run_inference(DET_DEMO, str(checkpoint), [pictures / 'holiday_000000.jpg'],
-                         tmp_path / 'out', score_thr=0.0)
-    image = json.loads(path.read_text())['images'][0]
+    result = run_inference(DET_DEMO, str(checkpoint), [pictures / 'holiday_000000.jpg'],
+                           tmp_path / 'out', score_thr=0.0, device='cpu')
+    image = json.loads(result.predictions.read_text())['images'][0]
     assert image['instances'], 'a random Mask R-CNN scores its 100 boxes above 0.05'
     first = image['instances'][0]
     assert first['class_name'] in ('circle', 'square', 'triangle', 'star', 'ring')
@@ -90,14 +101,129 @@ def test_no_images_and_non_empty_output_are_refused(tmp_path, pictures):
     out = tmp_path / 'out'
     out.mkdir()
     (out / 'mine.txt').write_text('keep')
-    result = run_tool_main('infer', SEG_DEMO, 'x.pth', str(pictures), '--out-dir', str(out))
-    assert result.returncode == 1 and 'is not empty; pass --force' in result.stderr
-    assert (out / 'mine.txt').read_text() == 'keep'
+    for force in ([], ['--force']):  # --force replaces only an earlier tools/infer.py output
+        result = run_tool_main('infer', SEG_DEMO, 'x.pth', str(pictures), '--out-dir', str(out),
+                               *force)
+        assert result.returncode == 1
+        assert f'error: {out} holds files that tools/infer.py did not write (mine.txt); give ' \
+               'a new or empty --out-dir' in result.stderr
+        assert [p.name for p in out.iterdir()] == ['mine.txt']
+        assert (out / 'mine.txt').read_text() == 'keep'
 
 
 def test_ade20k_layout_images_work_too(tmp_path):
     root = make_ade20k_dataset(tmp_path / 'ade', num_train=1, num_val=1, image_size=(64, 96))
     checkpoint = random_checkpoint(SEG_DEMO, tmp_path / 'seg.pth')
-    path = run_inference(SEG_DEMO, str(checkpoint), [root / 'images' / 'validation'],
-                         tmp_path / 'out')
-    assert len(json.loads(path.read_text())['images']) == 1
+    result = run_inference(SEG_DEMO, str(checkpoint), [root / 'images' / 'validation'],
+                           tmp_path / 'out')
+    assert len(json.loads(result.predictions.read_text())['images']) == 1
+
+
+def test_repeated_names_keep_one_output_each(tmp_path, pictures, seg_checkpoint):
+    """a/x.jpg and b/x.jpg keep their folders, y.jpg and y.png their suffixes."""
+    first, second = sorted(pictures.glob('*.jpg'))
+    for folder, name, source in (('a', 'x.jpg', first), ('b', 'x.jpg', second),
+                                 ('a', 'y.jpg', second)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        shutil.copy(source, tmp_path / folder / name)
+    cv2.imwrite(str(tmp_path / 'a' / 'y.png'), cv2.imread(str(first)))
+    out = tmp_path / 'out'
+    result = run_inference(SEG_DEMO, str(seg_checkpoint),
+                           [tmp_path / 'a', tmp_path / 'b', tmp_path / 'a' / 'x.jpg'], out,
+                           progress=False)
+    records = json.loads(result.predictions.read_text())['images']
+    assert [(r['vis'], r['class_map']) for r in records] == [
+        ('vis/a/x.jpg', 'class_maps/a/x.png'), ('vis/a/y.jpg', 'class_maps/a/y.jpg.png'),
+        ('vis/a/y.png', 'class_maps/a/y.png.png'), ('vis/b/x.jpg', 'class_maps/b/x.png')]
+    for record in records:
+        assert cv2.imread(str(out / record['vis'])).shape == (96, 144, 3)
+        assert cv2.imread(str(out / record['class_map']), cv2.IMREAD_UNCHANGED).shape == (96, 144)
+    assert (out / 'vis/a/y.png').read_bytes().startswith(b'\x89PNG')  # drawn in its own format
+    assert len(list(out.rglob('*.*'))) == 2 + 2 * 4  # predictions.json(l), 4 drawings, 4 maps
+
+
+def test_an_unreadable_image_is_named_and_the_others_are_predicted(tmp_path, pictures,
+                                                                   seg_checkpoint):
+    folder = tmp_path / 'mixed'
+    folder.mkdir()
+    shutil.copy(next(pictures.glob('*.jpg')), folder / 'good.jpg')
+    (folder / 'broken.jpg').write_text('not a jpeg')
+    out = tmp_path / 'out'
+    result = run_tool_main('infer', SEG_DEMO, str(seg_checkpoint), str(folder), '--out-dir',
+                           str(out), '--device', 'cpu')
+    assert result.returncode == 1
+    assert f'error: 1 of 2 images could not be read (recorded with their error in ' \
+           f'{out / "predictions.json"}): {folder / "broken.jpg"} (' in result.stderr
+    assert '2/2' in result.stderr and 'ETA' in result.stderr  # the progress bar
+    assert result.stdout == f'wrote {out / "predictions.json"} (1 of 2 images)\n'
+    predictions = json.loads((out / 'predictions.json').read_text())
+    assert [r['vis'] for r in predictions['images']] == ['vis/good.jpg']
+    assert [f['image'] for f in predictions['failed']] == [str(folder / 'broken.jpg')]
+    lines = [json.loads(line) for line in (out / 'predictions.jsonl').read_text().splitlines()]
+    assert lines == predictions['failed'] + predictions['images']  # broken.jpg sorts first
+
+
+class InterruptAfterFirstImage(io.StringIO):
+    """stderr that is interrupted (Ctrl-C) when the progress bar reports the first image."""
+
+    def write(self, text: str) -> int:
+        if ' 1/2,' in text:
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+def test_records_are_on_disk_as_each_image_is_done_and_force_replaces_them(
+        tmp_path, pictures, seg_checkpoint):
+    out = tmp_path / 'out'
+    with contextlib.redirect_stderr(InterruptAfterFirstImage()), \
+            pytest.raises(KeyboardInterrupt):
+        run_inference(SEG_DEMO, str(seg_checkpoint), [pictures], out)
+    lines = (out / 'predictions.jsonl').read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])['vis'] == 'vis/holiday_000000.jpg'
+    assert (out / 'vis/holiday_000000.jpg').is_file()
+    assert not (out / 'predictions.json').exists()  # written when a run ends
+
+    # the interrupted run's folder is an earlier output: replaced with --force only
+    second = str(pictures / 'holiday_000001.jpg')
+    result = run_tool_main('infer', SEG_DEMO, str(seg_checkpoint), second, '--out-dir', str(out))
+    assert result.returncode == 1
+    assert f'{out} holds an earlier tools/infer.py output (3 files); pass --force to replace ' \
+           'it' in result.stderr
+    result = run_tool_main('infer', SEG_DEMO, str(seg_checkpoint), second, '--out-dir',
+                           str(out), '--force', '--no-progress')
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ''
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob('*')) == [
+        'class_maps', 'class_maps/holiday_000001.png', 'predictions.json', 'predictions.jsonl',
+        'vis', 'vis/holiday_000001.jpg']
+
+
+def test_device_option():
+    with pytest.raises(ValueError, match="--device cuda: m.onnx runs on ONNX Runtime's CPU "
+                                         'execution provider here; give --device cpu'):
+        inference_device('cuda', 'm.onnx')
+    with pytest.raises(ValueError, match='--device tpu: expected cpu, cuda or cuda:N'):
+        inference_device('tpu', 'm.pth')
+    assert inference_device(None, 'm.onnx') == 'cpu' == inference_device('cpu', 'm.onnx')
+    if torch.cuda.is_available():
+        assert inference_device(None, 'm.pth') == 'cuda'
+        count = torch.cuda.device_count()
+        with pytest.raises(ValueError, match=f'--device cuda:{count}: this machine has {count} '
+                                             'CUDA device'):
+            inference_device(f'cuda:{count}', 'm.pth')
+    else:
+        assert inference_device(None, 'm.pth') == 'cpu'
+        with pytest.raises(ValueError, match='--device cuda:1: no CUDA device is available'):
+            inference_device('cuda:1', 'm.pth')
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_a_pth_runs_on_the_gpu(tmp_path, pictures, seg_checkpoint):
+    maps = {}
+    for device in ('cpu', 'cuda'):
+        result = run_inference(SEG_DEMO, str(seg_checkpoint), [pictures], tmp_path / device,
+                               device=device, progress=False)
+        record = json.loads(result.predictions.read_text())['images'][0]
+        maps[device] = cv2.imread(str(tmp_path / device / record['class_map']),
+                                  cv2.IMREAD_UNCHANGED)
+    assert (maps['cpu'] == maps['cuda']).mean() >= 0.99
