@@ -3,7 +3,7 @@
 Example:
     python tools/export.py configs/upernet_convnext_t_ade20k_512.py \
         work_dirs/upernet/iter_160000.pth \
-        --out work_dirs/upernet/onnx
+        --out-dir work_dirs/upernet/onnx
 """
 from __future__ import annotations
 
@@ -20,14 +20,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      'post-processing (NMS, masks; the class map)')
     parser.add_argument('config', help='config file (or shipped config name)')
     parser.add_argument('checkpoint', help='trained weights (.pth)')
-    parser.add_argument('--out', required=True, help='output directory (must not exist)')
+    parser.add_argument('--out-dir', '--out', dest='out_dir', required=True,
+                        help='output folder: new, empty, or an earlier export (with --force)')
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
                         help='traced input size, multiples of 32 (default: from the config)')
     parser.add_argument('--dynamic', action=argparse.BooleanOptionalAction, default=True,
                         help='dynamic batch, height and width (default); --no-dynamic fixes '
                              'them to batch 1 and --shape')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET, help='ONNX opset (>= 16)')
-    parser.add_argument('--force', action='store_true', help='replace an existing --out')
+    parser.add_argument('--force', action='store_true',
+                        help='replace an earlier export in --out-dir (end2end.onnx + '
+                             'deploy.json); a folder holding other files is never replaced')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings')
     return parser.parse_args(argv)
@@ -36,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        path = export_onnx(args.config, args.checkpoint, args.out, args.shape, args.dynamic,
+        path = export_onnx(args.config, args.checkpoint, args.out_dir, args.shape, args.dynamic,
                            args.opset, args.force, args.cfg_options)
     except (CheckpointError, ExportError, FileExistsError, FileNotFoundError,
             ImportError) as exc:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from torch import nn
 from ..apis.inference import dataset_meta
 from ..apis.models import build_model, load_trained_weights
 from ..apis.runner import load_config, toolbox_of
-from ..utils import refuse_overwrite
+from .output_dir import check_output_dir, staged_output
 
 ONNX_FILE = 'end2end.onnx'
 DEPLOY_FILE = 'deploy.json'
@@ -147,8 +145,10 @@ def export_onnx(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
         config: Config file (or shipped config name).
         checkpoint: Trained weights (mmengine checkpoint or state dict); ``None`` exports the
             model as built (random or ``init_cfg`` weights), for tests.
-        out_dir: Output directory; refused if it exists unless ``force``. Written to a
-            temporary directory next to it and renamed, so a failure leaves nothing half done.
+        out_dir: Output directory: new, empty, or (with ``force``) an earlier export
+            (:func:`is_previous_export`); a folder holding anything else is refused. Written
+            to a staging folder next to it and swapped in by rename when complete
+            (:mod:`.output_dir`), so a failure leaves nothing half done.
         shape: (H, W) traced input size, multiples of 32; default from the config.
         dynamic: Dynamic batch, height and width (default); ``False`` fixes them to ``shape``
             and batch 1.
@@ -159,7 +159,7 @@ def export_onnx(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
     """
     onnx, _ = require_onnx()
     out_dir = Path(out_dir)
-    refuse_overwrite(out_dir, force, 'the export output directory')
+    check_output_dir(out_dir, force, is_previous_export, 'export', EXPORT_FILES)
     if opset < 16:
         raise ExportError(f'--opset {opset}: 16 or newer is needed (RoIAlign with aligned=True, '
                           'GridSample)')
@@ -177,12 +177,8 @@ def export_onnx(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
             0: 'batch'}
     dummy = torch.zeros(1, 3, *shape)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
-    try:
+    # written next to out_dir, swapped in when complete (out_dir checked again then)
+    with staged_output(out_dir, force, is_previous_export, 'export', EXPORT_FILES) as staging:
         onnx_path = staging / ONNX_FILE
         with torch.no_grad():
             torch.onnx.export(graph, (dummy,), str(onnx_path), dynamo=False,
@@ -192,10 +188,27 @@ def export_onnx(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
         onnx.checker.check_model(str(onnx_path))
         info = deploy_info(cfg, task, opset, dynamic, shape)
         (staging / DEPLOY_FILE).write_text(json.dumps(info, indent=2) + '\n')
-        if out_dir.exists():  # force: replace only once the new export is complete
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir / ONNX_FILE
+
+
+#: What an export writes into its folder, and nothing else.
+EXPORT_FILES = (ONNX_FILE, DEPLOY_FILE)
+#: Keys every ``deploy.json`` this exporter writes has.
+_DEPLOY_KEYS = ('task', 'toolbox', 'model_type', 'input_names', 'output_names', 'classes')
+
+
+def is_previous_export(folder: Path) -> bool:
+    """Whether ``folder`` holds exactly an export of :func:`export_onnx`: the files
+    ``end2end.onnx`` and ``deploy.json`` and nothing else, ``deploy.json`` with the keys
+    the exporter writes (``--force`` replaces such a folder, and only such a folder)."""
+    if sorted(p.name for p in folder.iterdir()) != sorted(EXPORT_FILES):
+        return False
+    if any((folder / name).is_symlink() or not (folder / name).is_file()
+           for name in EXPORT_FILES):
+        return False
+    try:
+        info = json.loads((folder / DEPLOY_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return (isinstance(info, dict) and all(key in info for key in _DEPLOY_KEYS)
+            and info['task'] in OUTPUT_NAMES)

@@ -36,25 +36,6 @@ def test_shape_must_be_a_multiple_of_32(tmp_path):
     assert '--shape 100 128: height and width must be positive multiples of 32' in result.stderr
 
 
-def test_existing_output_is_kept_without_force(tmp_path, seg_export):
-    out = tmp_path / 'mine'
-    out.mkdir()
-    (out / 'notes.txt').write_text('keep me')
-    with pytest.raises(FileExistsError, match='pass --force'):
-        export_onnx(SEG_DEMO, None, out)
-    assert (out / 'notes.txt').read_text() == 'keep me'
-    assert [p.name for p in tmp_path.iterdir()] == ['mine']  # no staging folder left
-
-
-def test_force_replaces_the_output_whole(tmp_path):
-    out = tmp_path / 'onnx'
-    out.mkdir()
-    (out / 'stale.txt').write_text('old')
-    export_onnx(SEG_DEMO, None, out, force=True)
-    assert sorted(p.name for p in out.iterdir()) == ['deploy.json', 'end2end.onnx']
-    assert [p.name for p in tmp_path.iterdir()] == ['onnx']
-
-
 def test_unsupported_model_type_names_the_supported():
     cfg = Config(dict(model=dict(type='RetinaNet')))
     with pytest.raises(ExportError, match='cannot export a RetinaNet: supported model types are '
