@@ -14,6 +14,7 @@ from convnext_dense.apis.runner import (
     build_runner,
     prepare_train_cfg,
 )
+from convnext_dense.engine.work_dir_lock import WorkDirBusyError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    build_runner(cfg).train()
+    try:
+        runner = build_runner(cfg, for_training=True)
+    except WorkDirBusyError as exc:  # another run trains into this work_dir
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    runner.train()
     return 0
 
 

@@ -405,19 +405,27 @@ def use_onnx_runtime(cfg: Config, onnx_file: str, tta: bool = False) -> None:
     cfg.load_from = None
 
 
-def build_runner(cfg: Config):
+def build_runner(cfg: Config, for_training: bool = False):
     """The real mmengine Runner (or a custom ``runner_type``) for ``cfg``.
 
     The project's tools run with :func:`~convnext_dense.engine.runtime_fixes.
     enable_runtime_fixes` on: mmengine checkpoints load under torch's safe loading, and
     checkpoints are written atomically.
+
+    ``for_training=True`` (tools/train.py) first takes the work_dir's lock on rank 0
+    (:mod:`~convnext_dense.engine.work_dir_lock`): a work_dir that another training run
+    is using raises :class:`~convnext_dense.engine.work_dir_lock.WorkDirBusyError` before
+    anything is written into it. Testing takes no lock.
     """
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
     from ..engine.runtime_fixes import enable_runtime_fixes
+    from ..engine.work_dir_lock import lock_work_dir_for_training
     enable_runtime_fixes()
     os.makedirs(cfg.work_dir, exist_ok=True)
+    if for_training:
+        lock_work_dir_for_training(cfg.work_dir, cfg.get('launcher', 'none'))
     if cfg.get('launcher', 'none') == 'pytorch' and not torch.cuda.is_available():
         import torch.distributed as dist
         if not dist.is_initialized():  # mmengine's init_dist would call torch.cuda.set_device

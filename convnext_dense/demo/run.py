@@ -231,7 +231,7 @@ def train_and_report(task: str, cfg: Config, start: Optional[float] = None) -> D
     """
     start = time.perf_counter() if start is None else start
     spec = get_task(task)
-    runner = build_runner(cfg)
+    runner = build_runner(cfg, for_training=True)
     last_val = _LastValMetrics()
     runner.register_hook(last_val)
     runner.train()
