@@ -25,8 +25,9 @@ from .output_dir import check_output_dir, staged_output
 
 ONNX_FILE = 'end2end.onnx'
 DEPLOY_FILE = 'deploy.json'
-#: mmdeploy's input/output names and layouts
-OUTPUT_NAMES = {'segmentation': ['output'], 'detection': ['dets', 'labels', 'masks']}
+#: the graphs' outputs: mmdeploy's names and layouts for detectors; segmentors end in the
+#: decode head's logits (mmseg's resizes and argmax depend on each image's size: done after)
+OUTPUT_NAMES = {'segmentation': ['seg_logits'], 'detection': ['dets', 'labels', 'masks']}
 SUPPORTED_MODELS = {'EncoderDecoder': 'segmentation', 'MaskRCNN': 'detection',
                     'CascadeRCNN': 'detection'}
 #: mmseg decode heads that classify masks, not pixels: their forward gives per-query class
@@ -114,6 +115,9 @@ def deploy_info(cfg: Config, task: str, opset: int, dynamic: bool,
     if task == 'detection':
         info['score_threshold'] = float(cfg.model.test_cfg.rcnn.score_thr)
         info['mask_threshold'] = float(cfg.model.test_cfg.rcnn.mask_thr_binary)
+    if task == 'segmentation':
+        from .segmentation import postprocess_info
+        info.update(postprocess_info(cfg))
     return info
 
 
@@ -173,8 +177,8 @@ def export_onnx(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
     output_names = OUTPUT_NAMES[task]
     axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
     for name in output_names:
-        axes[name] = {0: 'batch', 2: 'height', 3: 'width'} if task == 'segmentation' else {
-            0: 'batch'}
+        axes[name] = {0: 'batch', 2: 'logits_height', 3: 'logits_width'} if (
+            task == 'segmentation') else {0: 'batch'}
     dummy = torch.zeros(1, 3, *shape)
 
     # written next to out_dir, swapped in when complete (out_dir checked again then)
