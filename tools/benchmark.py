@@ -1,10 +1,12 @@
 """Speed and memory of the ConvNeXt backbone next to timm's, mmpretrain's and the official
 design, and whole Mask R-CNN / UperNet training steps with it and with mmpretrain's.
 
-Writes a markdown report (machine, versions, this command, targets, tables).
+Writes a markdown report (machine, versions, this command, targets, tables) into
+work_dirs/benchmark/benchmarks.md, or the file --out names (the committed page:
+--out docs/benchmarks.md).
 
 Example:
-    python tools/benchmark.py                      # full run -> docs/benchmarks.md
+    python tools/benchmark.py                      # full run -> work_dirs/benchmark/
     python tools/benchmark.py --quick              # T only, fewer repetitions
     python tools/benchmark.py --archs atto --sizes 64 --reps 1 --no-memory --no-detector \\
         --whole-models '' --out /tmp/bench.md      # smoke run
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from convnext_dense.benchmark.baselines import ARCH_ALIASES, IMPLS, OPTIONS
 from convnext_dense.benchmark.measure import MODES
-from convnext_dense.benchmark.onnx_runtime import onnx_section, with_onnx_section
+from convnext_dense.benchmark.onnx_runtime import DEFAULT_PAGE, onnx_section, with_onnx_section
 from convnext_dense.benchmark.report import render_markdown
 from convnext_dense.benchmark.suite import Results, Settings, run
 from convnext_dense.benchmark.whole_models import PAIRS
@@ -116,8 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s)')
     parser.add_argument('--device', choices=('cpu', 'cuda'), help='default cuda if available')
     parser.add_argument('--note', default='', help='a line added under the machine description')
-    parser.add_argument('--out', type=Path, default=Path('docs/benchmarks.md'),
-                        help='markdown output (default docs/benchmarks.md)')
+    parser.add_argument('--out', type=Path, default=DEFAULT_PAGE,
+                        help=f'markdown output (default {DEFAULT_PAGE}; the committed page is '
+                             '--out docs/benchmarks.md)')
     return parser.parse_args(argv)
 
 

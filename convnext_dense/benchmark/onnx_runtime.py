@@ -1,13 +1,15 @@
 """ONNX Runtime against PyTorch eager on the CPU, on the same exported computation.
 
-Both sides run the graph of :mod:`convnext_dense.deploy` (the model with its
-post-processing: the class map; NMS, boxes and masks): PyTorch eager runs the module that
+Both sides run the graph of :mod:`convnext_dense.deploy` (the segmentors up to their decode
+head's logits; the detectors with NMS, boxes and masks): PyTorch eager runs the module that
 was exported, ONNX Runtime the exported file, with the same number of threads, alternating
-rounds, one process. ONNX Runtime's profiler says where its time goes, by operator type.
+rounds, one process; the timed ONNX Runtime session runs without its profiler. A second
+session, with the profiler, says where ONNX Runtime's time goes, by operator type.
 """
 from __future__ import annotations
 
 import json
+import platform
 import statistics
 import tempfile
 import time
@@ -19,7 +21,7 @@ import torch
 
 from ..apis.models import build_model
 from ..apis.runner import load_config
-from ..deploy.export import export_graph, export_onnx, require_onnx, task_of
+from ..deploy.export import export_graph, export_onnx, graph_inputs, require_onnx, task_of
 
 
 @dataclass
@@ -49,47 +51,61 @@ def _op_shares(profile_file: str, top: int) -> dict[str, float]:
     return {name: value / grand for name, value in ranked}
 
 
+def _session(ort, onnx_file: Path, threads: int, profile_prefix: str | None = None):
+    """A CPU session with ``threads`` intra-op threads; the profiler on only with a prefix."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(onnx_file), options, providers=['CPUExecutionProvider'])
+
+
 def compare(config: str, shape: tuple[int, int], threads: int = 2, reps: int = 5,
-            warmup: int = 1, top_ops: int = 6) -> OnnxComparison:
-    """Time PyTorch eager and ONNX Runtime on one random-weight model of ``config``."""
+            warmup: int = 1, top_ops: int = 6, profile_runs: int = 2) -> OnnxComparison:
+    """Time PyTorch eager and ONNX Runtime on one random-weight model of ``config``.
+
+    The timed ONNX Runtime session runs without the profiler (its per-node timing is overhead
+    that PyTorch's side would not pay); the operator shares come from a second session, with
+    the profiler, run ``profile_runs`` times after the timing.
+    """
     _, ort = require_onnx()
     options = {'model.backbone.init_cfg': None}
     cfg = load_config(config, options)
     torch.manual_seed(0)
     model = build_model(cfg)
     graph = export_graph(model, task_of(cfg)).eval()
-    inputs = torch.randn(1, 3, *shape)
+    inputs = graph_inputs(task_of(cfg), torch.randn(1, 3, *shape))
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / 'weights.pth'
         torch.save({'state_dict': model.state_dict()}, checkpoint)
         onnx_file = export_onnx(config, str(checkpoint), Path(tmp) / 'onnx', shape=shape,
                                 cfg_options=options)
-        session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = threads
-        session_options.inter_op_num_threads = 1
-        session_options.enable_profiling = True
-        session_options.profile_file_prefix = str(Path(tmp) / 'ort_profile')
-        session = ort.InferenceSession(str(onnx_file), session_options,
-                                       providers=['CPUExecutionProvider'])
+        session = _session(ort, onnx_file, threads)
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
-        feed = {'input': inputs.numpy()}
+        feed = {name: value.numpy() for name, value in inputs.items()}
         torch_times, ort_times = [], []
         try:
             with torch.no_grad():
                 for _ in range(warmup):
-                    graph(inputs)
+                    graph(*inputs.values())
                     session.run(None, feed)
                 for _ in range(reps):  # alternate, so that drift hits both alike
                     start = time.perf_counter()
-                    graph(inputs)
+                    graph(*inputs.values())
                     torch_times.append(time.perf_counter() - start)
                     start = time.perf_counter()
                     session.run(None, feed)
                     ort_times.append(time.perf_counter() - start)
         finally:
             torch.set_num_threads(previous_threads)
-        shares = _op_shares(session.end_profiling(), top_ops)
+        del session
+        profiled = _session(ort, onnx_file, threads, str(Path(tmp) / 'ort_profile'))
+        for _ in range(profile_runs):
+            profiled.run(None, feed)
+        shares = _op_shares(profiled.end_profiling(), top_ops)
     return OnnxComparison(config, tuple(shape), threads, statistics.median(torch_times),
                           statistics.median(ort_times), shares)
 
@@ -106,6 +122,9 @@ def markdown(results: list[OnnxComparison]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+#: the page tools/benchmark.py and tools/benchmark_onnx.py write without --out (the tracked
+#: docs/benchmarks.md only when --out names it)
+DEFAULT_PAGE = Path('work_dirs/benchmark/benchmarks.md')
 #: docs/benchmarks.md keeps this section between these markers; tools/benchmark.py, which
 #: rewrites the rest of the page, carries it over.
 SECTION_START = '<!-- onnx-runtime: written by tools/benchmark_onnx.py -->'
@@ -128,5 +147,24 @@ def with_onnx_section(text: str, section: str) -> str:
     return text.rstrip('\n') + '\n\n' + section
 
 
-__all__ = ['OnnxComparison', 'SECTION_END', 'SECTION_START', 'compare', 'markdown',
-           'onnx_section', 'with_onnx_section']
+def section_text(results: list[OnnxComparison], command: str, reps: int, threads: int,
+                 note: str = '') -> str:
+    """The ONNX Runtime section of the benchmark page (markers included)."""
+    _, ort = require_onnx()
+    description = (
+        f'`{command}`: random-weight models exported by `tools/export.py`; PyTorch eager runs '
+        'the exported module, ONNX Runtime (CPU provider) the file, the same computation (the '
+        "segmentors to their decode head's logits, the detectors with their post-processing), "
+        f'batch 1, median of {reps} alternating rounds after one warm-up, {threads} threads '
+        'each, the timed ONNX Runtime session without its profiler; torch '
+        f'{torch.__version__}, onnxruntime {ort.__version__}, '
+        f'{platform.processor() or platform.machine()}. The last column is ONNX Runtime\'s '
+        'profiler, in a separate session: kernel time by operator type.')
+    if note:
+        description += f' {note}'
+    return '\n'.join([SECTION_START, '## ONNX Runtime against PyTorch eager', '', description,
+                      '', markdown(results).rstrip('\n'), SECTION_END, ''])
+
+
+__all__ = ['DEFAULT_PAGE', 'OnnxComparison', 'SECTION_END', 'SECTION_START', 'compare', 'markdown',
+           'onnx_section', 'section_text', 'with_onnx_section']

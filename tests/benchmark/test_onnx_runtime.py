@@ -1,14 +1,24 @@
-"""The ONNX Runtime section of docs/benchmarks.md survives tools/benchmark.py's rewrites."""
+"""The ONNX Runtime benchmark: timed without the profiler; its section of the benchmark page
+survives tools/benchmark.py's rewrites; neither tool writes the tracked page unless told."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
 from convnext_dense.benchmark.onnx_runtime import (
+    DEFAULT_PAGE,
     SECTION_END,
     SECTION_START,
     OnnxComparison,
+    compare,
     markdown,
     onnx_section,
+    section_text,
     with_onnx_section,
 )
+from tests.conftest import REPO, load_tool
 
 
 def test_section_is_replaced_or_appended_and_found():
@@ -26,3 +36,38 @@ def test_markdown_row_has_the_ratio_and_operator_shares():
                             ort_op_share={'Conv': 0.8, 'MatMul': 0.1})
     row = markdown([result]).splitlines()[-1]
     assert row == ('| `x.py` | 512x512 | 2 | 2400 ms | 2000 ms | 1.20x | Conv 80%, MatMul 10% |')
+
+
+def test_the_timed_session_runs_without_the_profiler(monkeypatch):
+    """Only the separate profiling session, run after the timing, has the profiler on: the
+    timed rounds pay no profiling overhead."""
+    runs = []
+
+    class RecordingSession(ort.InferenceSession):
+        def run(self, *args, **kwargs):
+            runs.append(self.get_session_options().enable_profiling)
+            return super().run(*args, **kwargs)
+
+    monkeypatch.setattr(ort, 'InferenceSession', RecordingSession)
+    result = compare(str(REPO / 'configs/demo/upernet_convnext_demo.py'), (64, 64), threads=1,
+                     reps=2, warmup=1, profile_runs=1)
+    assert runs == [False, False, False, True]  # warm-up, 2 timed rounds; then profiled
+    assert result.ort_seconds > 0 and 'Conv' in result.ort_op_share
+
+
+def test_section_says_how_it_was_measured_and_the_note():
+    result = OnnxComparison('configs/x.py', (512, 512), 2, torch_seconds=2.4, ort_seconds=2.0)
+    section = section_text([result], 'python tools/benchmark_onnx.py', reps=5, threads=2,
+                           note='Shared machine.')
+    assert section.startswith(SECTION_START) and section.endswith(SECTION_END + '\n')
+    assert 'the timed ONNX Runtime session without its profiler' in section
+    assert 'in a separate session' in section and section.count('Shared machine.') == 1
+    assert onnx_section(section) == section
+
+
+@pytest.mark.parametrize('tool', ['benchmark', 'benchmark_onnx'])
+def test_the_tools_write_into_work_dirs_unless_out_names_a_file(tool):
+    """The tracked docs/benchmarks.md is written only when --out names it."""
+    module = load_tool(tool)
+    assert module.parse_args([]).out == DEFAULT_PAGE == Path('work_dirs/benchmark/benchmarks.md')
+    assert module.parse_args(['--out', 'docs/benchmarks.md']).out == Path('docs/benchmarks.md')
