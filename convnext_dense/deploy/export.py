@@ -21,6 +21,7 @@ from torch import nn
 from ..apis.inference import dataset_meta
 from ..apis.models import build_model, load_trained_weights
 from ..apis.runner import load_config, toolbox_of
+from .errors import ExportError
 from .output_dir import check_output_dir, staged_output
 
 ONNX_FILE = 'end2end.onnx'
@@ -28,16 +29,17 @@ DEPLOY_FILE = 'deploy.json'
 #: the graphs' outputs: mmdeploy's names and layouts for detectors; segmentors end in the
 #: decode head's logits (mmseg's resizes and argmax depend on each image's size: done after)
 OUTPUT_NAMES = {'segmentation': ['seg_logits'], 'detection': ['dets', 'labels', 'masks']}
+#: a detector without a mask head (Faster R-CNN, Cascade R-CNN): mmdeploy's box-only outputs
+BOX_OUTPUT_NAMES = ['dets', 'labels']
+#: the graphs' inputs: the preprocessed batch; detectors also take each image's (height,
+#: width) before padding (mmdet's ``img_shape``), to which mmdet clips their boxes
+INPUT_NAMES = {'segmentation': ['input'], 'detection': ['input', 'img_shape']}
 SUPPORTED_MODELS = {'EncoderDecoder': 'segmentation', 'MaskRCNN': 'detection',
-                    'CascadeRCNN': 'detection'}
+                    'FasterRCNN': 'detection', 'CascadeRCNN': 'detection'}
 #: mmseg decode heads that classify masks, not pixels: their forward gives per-query class
 #: scores and masks, not the logits map the exported segmentation graph ends in
 QUERY_DECODE_HEADS = ('Mask2FormerHead', 'MaskFormerHead')
 DEFAULT_OPSET = 17
-
-
-class ExportError(ValueError):
-    """The model, the options or the output directory do not allow the export."""
 
 
 def require_onnx() -> tuple[Any, Any]:
@@ -91,6 +93,41 @@ def export_graph(model: nn.Module, task: str) -> nn.Module:
     return TwoStageDetectorExport(model)
 
 
+def check_exportable(model: nn.Module, task: str) -> None:
+    """Refuse, before any tracing, a model whose settings the graph would not honour.
+
+    Raises:
+        ExportError: naming each such setting (detectors: :func:`.detection.check_detector`).
+    """
+    if task == 'detection':
+        from .detection import check_detector
+        check_detector(model)
+
+
+def graph_output_names(cfg: Config, task: str) -> list[str]:
+    """The graph's outputs: a detector without a mask head has no ``masks``."""
+    if task == 'detection' and not cfg.model.roi_head.get('mask_head'):
+        return list(BOX_OUTPUT_NAMES)
+    return list(OUTPUT_NAMES[task])
+
+
+def graph_inputs(task: str, batch: torch.Tensor,
+                 img_shapes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The graph's inputs (:data:`INPUT_NAMES`, in order) for a preprocessed ``batch``.
+
+    Args:
+        task: ``'detection'`` or ``'segmentation'``.
+        batch: (N, 3, H, W) as the config's data preprocessor makes it.
+        img_shapes: detectors: (N, 2) each image's (height, width) before padding; default:
+            every image fills the whole input.
+    """
+    if task != 'detection':
+        return {'input': batch}
+    if img_shapes is None:
+        img_shapes = torch.tensor([list(batch.shape[2:])] * len(batch))
+    return {'input': batch, 'img_shape': torch.as_tensor(img_shapes, dtype=torch.int64)}
+
+
 def _test_resize(cfg: Config) -> dict | None:
     for step in cfg.test_dataloader.dataset.get('pipeline', []):
         if step.get('type') == 'Resize':
@@ -105,7 +142,7 @@ def deploy_info(cfg: Config, task: str, opset: int, dynamic: bool,
     to_rgb = bool(preprocessor.get('bgr_to_rgb', preprocessor.get('rgb_to_bgr', False)))
     info = dict(
         task=task, toolbox=toolbox_of(cfg), model_type=cfg.model.type, opset=opset,
-        input_names=['input'], output_names=OUTPUT_NAMES[task],
+        input_names=INPUT_NAMES[task], output_names=graph_output_names(cfg, task),
         dynamic=dynamic, traced_shape=list(shape),
         mean=list(preprocessor.get('mean', [0, 0, 0])),
         std=list(preprocessor.get('std', [1, 1, 1])),
@@ -114,7 +151,8 @@ def deploy_info(cfg: Config, task: str, opset: int, dynamic: bool,
         test_resize=_test_resize(cfg), classes=list(dataset_meta(cfg)['classes']))
     if task == 'detection':
         info['score_threshold'] = float(cfg.model.test_cfg.rcnn.score_thr)
-        info['mask_threshold'] = float(cfg.model.test_cfg.rcnn.mask_thr_binary)
+        if 'masks' in info['output_names']:
+            info['mask_threshold'] = float(cfg.model.test_cfg.rcnn.mask_thr_binary)
     if task == 'segmentation':
         from .segmentation import postprocess_info
         info.update(postprocess_info(cfg))
@@ -171,22 +209,24 @@ def export_onnx(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
     task = task_of(cfg)
     shape = check_shape(tuple(shape) if shape else default_shape(cfg, task))
     model = build_model(cfg)
+    check_exportable(model, task)
     if checkpoint is not None:
         load_trained_weights(model, checkpoint)
     graph = export_graph(model, task).eval()
-    output_names = OUTPUT_NAMES[task]
-    axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    output_names = graph_output_names(cfg, task)
+    axes = {'input': {0: 'batch', 2: 'height', 3: 'width'}, 'img_shape': {0: 'batch'}}
+    inputs = graph_inputs(task, torch.zeros(1, 3, *shape))
+    axes = {name: axis for name, axis in axes.items() if name in inputs}
     for name in output_names:
         axes[name] = {0: 'batch', 2: 'logits_height', 3: 'logits_width'} if (
             task == 'segmentation') else {0: 'batch'}
-    dummy = torch.zeros(1, 3, *shape)
 
     # written next to out_dir, swapped in when complete (out_dir checked again then)
     with staged_output(out_dir, force, is_previous_export, 'export', EXPORT_FILES) as staging:
         onnx_path = staging / ONNX_FILE
         with torch.no_grad():
-            torch.onnx.export(graph, (dummy,), str(onnx_path), dynamo=False,
-                              opset_version=opset, input_names=['input'],
+            torch.onnx.export(graph, tuple(inputs.values()), str(onnx_path), dynamo=False,
+                              opset_version=opset, input_names=list(inputs),
                               output_names=output_names,
                               dynamic_axes=axes if dynamic else None)
         onnx.checker.check_model(str(onnx_path))

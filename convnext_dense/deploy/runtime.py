@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModel
 from mmengine.structures import InstanceData, PixelData
 
-from .export import DEPLOY_FILE, OUTPUT_NAMES, require_onnx
+from .export import BOX_OUTPUT_NAMES, DEPLOY_FILE, INPUT_NAMES, OUTPUT_NAMES, require_onnx
 
 
 class ExportedModelMismatch(ValueError):
@@ -50,10 +50,12 @@ def open_session(onnx_file: str | os.PathLike, task: str, num_classes: int,
         raise ExportedModelMismatch(f'{onnx_file}: ONNX Runtime cannot load it: {exc}') from None
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    if inputs != ['input'] or outputs != OUTPUT_NAMES[task]:
+    expected = [OUTPUT_NAMES[task]] + ([BOX_OUTPUT_NAMES] if task == 'detection' else [])
+    if inputs != INPUT_NAMES[task] or outputs not in expected:
         raise ExportedModelMismatch(
             f'{onnx_file}: inputs {inputs} and outputs {outputs}; a {task} model exported by '
-            f'tools/export.py has inputs [\'input\'] and outputs {OUTPUT_NAMES[task]}')
+            f'tools/export.py has inputs {INPUT_NAMES[task]} and outputs '
+            f'{" or ".join(str(names) for names in expected)}')
     info_file = onnx_file.parent / DEPLOY_FILE
     if not info_file.is_file():
         raise FileNotFoundError(f'{info_file}: missing; tools/export.py writes it next to '
@@ -63,6 +65,9 @@ def open_session(onnx_file: str | os.PathLike, task: str, num_classes: int,
         raise ExportedModelMismatch(
             f'{onnx_file}: exported with {len(info.get("classes", []))} classes '
             f'({info_file}), the config\'s model has {num_classes}')
+    if info.get('output_names') != outputs:
+        raise ExportedModelMismatch(f'{info_file}: lists the outputs {info.get("output_names")}, '
+                                    f'{onnx_file.name} has {outputs}')
     return session, info
 
 
@@ -105,32 +110,68 @@ class ONNXRuntimeSegmentor(_ONNXRuntimeModel):
 
 
 class ONNXRuntimeDetector(_ONNXRuntimeModel):
-    """An exported mmdet Mask R-CNN / Cascade Mask R-CNN: sets ``pred_instances``."""
+    """An exported mmdet Faster / Mask / Cascade (Mask) R-CNN: sets ``pred_instances`` at the
+    original image size (:func:`detections_to_samples`).
+
+    Args:
+        with_mask: Whether the config's model has a mask head; an export with (without)
+            ``masks`` is refused for a model without (with) one. ``None``: not checked.
+    """
 
     task = 'detection'
 
+    def __init__(self, onnx_file: str, num_classes: int, with_mask: bool | None = None,
+                 data_preprocessor: dict | None = None, threads: int | None = None,
+                 init_cfg: dict | None = None) -> None:
+        super().__init__(onnx_file, num_classes, data_preprocessor, threads, init_cfg)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        exported = 'masks' in self.output_names
+        if with_mask is not None and bool(with_mask) != exported:
+            raise ExportedModelMismatch(
+                f'{onnx_file}: exported {"with" if exported else "without"} masks; the '
+                f'config\'s model has {"a" if with_mask else "no"} mask head')
+
     def predict(self, inputs: torch.Tensor, data_samples: list) -> list:
-        from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
-        dets, labels, masks = (torch.from_numpy(x) for x in self.run(inputs))
-        mask_threshold = self.deploy_info.get('mask_threshold', 0.5)
-        for sample, boxes, classes, probabilities in zip(data_samples, dets, labels, masks):
-            keep = boxes[:, 4] > 0  # the rest is padding
-            boxes, classes, probabilities = boxes[keep], classes[keep], probabilities[keep]
-            height, width = sample.img_shape
-            bboxes = boxes[:, :4].clone()
-            bboxes[:, 0::2] = bboxes[:, 0::2].clamp(0, width)
-            bboxes[:, 1::2] = bboxes[:, 1::2].clamp(0, height)
-            scale = bboxes.new_tensor(sample.scale_factor).repeat(2)
-            bboxes = bboxes / scale
-            ori_height, ori_width = sample.ori_shape
-            pasted = torch.zeros(len(bboxes), ori_height, ori_width, dtype=torch.bool)
-            for i in range(len(bboxes)):  # one by one on the CPU, as mmdet does
+        feed = {'input': inputs.detach().cpu().float().contiguous().numpy(),
+                'img_shape': np.array([s.img_shape[:2] for s in data_samples], dtype=np.int64)}
+        outputs = dict(zip(self.output_names, self.session.run(None, feed)))
+        return detections_to_samples(outputs, data_samples,
+                                     self.deploy_info.get('mask_threshold', 0.5))
+
+
+def detections_to_samples(outputs: dict[str, Any], data_samples: list,
+                          mask_threshold: float = 0.5) -> list:
+    """A detection graph's outputs (``dets``, ``labels``, ``masks`` if any: arrays or tensors)
+    as mmdet's ``predict(..., rescale=True)`` sets ``pred_instances``.
+
+    The graph clipped the boxes to each image's ``img_shape`` (as mmdet does); here they are
+    divided by the resize's ``scale_factor``, and each mask is pasted on its box at the
+    original size with mmdet's ``_do_paste_mask`` (one by one, as mmdet does on the CPU) and
+    thresholded at ``mask_threshold`` (``>=``; a negative threshold gives uint8 probabilities
+    times 255, as mmdet's ``FCNMaskHead``).
+    """
+    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
+    dets, labels = (torch.as_tensor(outputs[name]) for name in ('dets', 'labels'))
+    masks = torch.as_tensor(outputs['masks']) if 'masks' in outputs else None
+    for index, sample in enumerate(data_samples):
+        keep = dets[index, :, 4] > 0  # the rest is padding
+        boxes = dets[index][keep]
+        bboxes = boxes[:, :4] / boxes.new_tensor(sample.scale_factor).repeat(2)
+        instances = InstanceData(bboxes=bboxes, scores=boxes[:, 4],
+                                 labels=labels[index][keep].long())
+        if masks is not None:
+            probabilities = masks[index][keep]
+            height, width = sample.ori_shape[:2]
+            pasted = torch.zeros(len(bboxes), height, width,
+                                 dtype=torch.bool if mask_threshold >= 0 else torch.uint8)
+            for i in range(len(bboxes)):
                 mask, spatial = _do_paste_mask(probabilities[i][None, None], bboxes[i][None],
-                                               ori_height, ori_width, skip_empty=True)
-                pasted[(i,) + spatial] = mask[0] >= mask_threshold
-            sample.pred_instances = InstanceData(bboxes=bboxes, scores=boxes[:, 4],
-                                                 labels=classes.long(), masks=pasted)
-        return data_samples
+                                               height, width, skip_empty=True)
+                pasted[(i,) + spatial] = (mask[0] >= mask_threshold if mask_threshold >= 0
+                                          else (mask[0] * 255).to(torch.uint8))
+            instances.masks = pasted
+        sample.pred_instances = instances
+    return data_samples
 
 
 def runtime_model_cfg(cfg: Any, onnx_file: str) -> dict:
@@ -141,8 +182,10 @@ def runtime_model_cfg(cfg: Any, onnx_file: str) -> dict:
         heads = cfg.model.roi_head.bbox_head
         num_classes = (heads[-1] if isinstance(heads, (list, tuple)) else heads).num_classes
         model_type = 'ONNXRuntimeDetector'
+        extra = dict(with_mask=bool(cfg.model.roi_head.get('mask_head')))
     else:
         num_classes = cfg.model.decode_head.num_classes
         model_type = 'ONNXRuntimeSegmentor'
+        extra = {}
     return dict(type=model_type, onnx_file=str(onnx_file), num_classes=num_classes,
-                data_preprocessor=cfg.model.data_preprocessor)
+                data_preprocessor=cfg.model.data_preprocessor, **extra)
