@@ -164,10 +164,16 @@ def test_an_unreadable_image_is_named_and_the_others_are_predicted(tmp_path, pic
 
 
 class InterruptAfterFirstImage(io.StringIO):
-    """stderr that is interrupted (Ctrl-C) when the progress bar reports the first image."""
+    """stderr that is interrupted (Ctrl-C) when the progress bar reports the first image, and
+    keeps what ``predictions.jsonl`` held on disk at that moment (its file still open)."""
+
+    def __init__(self, jsonl: Path) -> None:
+        super().__init__()
+        self.jsonl, self.on_disk = jsonl, None
 
     def write(self, text: str) -> int:
         if ' 1/2,' in text:
+            self.on_disk = self.jsonl.read_text()
             raise KeyboardInterrupt
         return super().write(text)
 
@@ -175,10 +181,10 @@ class InterruptAfterFirstImage(io.StringIO):
 def test_records_are_on_disk_as_each_image_is_done_and_force_replaces_them(
         tmp_path, pictures, seg_checkpoint):
     out = tmp_path / 'out'
-    with contextlib.redirect_stderr(InterruptAfterFirstImage()), \
-            pytest.raises(KeyboardInterrupt):
+    stderr = InterruptAfterFirstImage(out / 'predictions.jsonl')
+    with contextlib.redirect_stderr(stderr), pytest.raises(KeyboardInterrupt):
         run_inference(SEG_DEMO, str(seg_checkpoint), [pictures], out)
-    lines = (out / 'predictions.jsonl').read_text().splitlines()
+    lines = stderr.on_disk.splitlines()
     assert len(lines) == 1 and json.loads(lines[0])['vis'] == 'vis/holiday_000000.jpg'
     assert (out / 'vis/holiday_000000.jpg').is_file()
     assert not (out / 'predictions.json').exists()  # written when a run ends

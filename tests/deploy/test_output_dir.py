@@ -128,3 +128,17 @@ def test_one_option_name_for_the_output_folder():
     infer = load_tool('infer')
     for option in ('--out-dir', '--out'):
         assert infer.parse_args([SEG_DEMO, 'x.pth', 'img.jpg', option, 'd']).out_dir == 'd'
+
+
+def test_the_swap_deletes_only_the_files_an_export_writes(tmp_path, earlier_export):
+    """A file written into the old folder after it was checked (here: a check that misses it)
+    is kept, in the folder renamed aside, not deleted with the old export."""
+    out = copy_export(earlier_export, tmp_path / 'onnx')
+    (out / 'late.txt').write_text('written during the swap')
+    staging = make_staging_dir(out)
+    for name in EXPORT_FILES:
+        shutil.copy(earlier_export / name, staging / name)
+    swap_in(staging, out, True, lambda folder: True, 'export', EXPORT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(EXPORT_FILES)
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.endswith('.replaced')]
+    assert [p.name for p in aside.iterdir()] == ['late.txt']
