@@ -22,6 +22,7 @@ refused, with or without ``--force``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
@@ -94,6 +95,20 @@ def _records(path: Path, lines: bool) -> list[dict] | None:
     return records
 
 
+def _named_files(record: dict, out_dir: Path) -> list[str]:
+    """The files under ``out_dir`` a record names, relative to it. Records of earlier
+    versions had no ``vis`` (the drawing was ``vis/<stem>.jpg``) and named the class map by
+    its path as the tool was given it."""
+    names = [record[k] for k in _FILE_KEYS if isinstance(record.get(k), str)]
+    if 'vis' not in record and 'error' not in record:
+        names.append(f'{VIS_DIR}/{PurePosixPath(record["image"]).stem}.jpg')
+        if isinstance(record.get('class_map'), str):
+            with contextlib.suppress(ValueError):  # a class map path outside out_dir
+                names.append(Path(record['class_map']).resolve().relative_to(
+                    out_dir.resolve()).as_posix())
+    return names
+
+
 def earlier_output(out_dir: Path) -> tuple[list[Path], list[str]]:
     """The files of an earlier run in ``out_dir`` and what is not one of them.
 
@@ -113,7 +128,7 @@ def earlier_output(out_dir: Path) -> tuple[list[Path], list[str]]:
             foreign.append(name)
             continue
         files.append(path)
-        listed.update(r[k] for r in records for k in _FILE_KEYS if isinstance(r.get(k), str))
+        listed.update(name for record in records for name in _named_files(record, out_dir))
     if not files:  # no predictions file: nothing here was recognisably written by a run
         foreign.extend(d for d in (VIS_DIR, CLASS_MAP_DIR) if (out_dir / d).exists())
         return [], sorted(foreign)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from convnext_dense.apis.infer_outputs import earlier_output
 from convnext_dense.apis.inference import collect_images, inference_device, run_inference
 from convnext_dense.apis.models import build_model
 from convnext_dense.demo.data import make_ade20k_dataset, make_coco_dataset
@@ -233,3 +234,22 @@ def test_a_pth_runs_on_the_gpu(tmp_path, pictures, seg_checkpoint):
         maps[device] = cv2.imread(str(tmp_path / device / record['class_map']),
                                   cv2.IMREAD_UNCHANGED)
     assert (maps['cpu'] == maps['cuda']).mean() >= 0.99
+
+
+def test_an_output_of_the_earlier_layout_is_recognised(tmp_path):
+    """predictions.json without 'vis' (drawings were vis/<stem>.jpg, class maps named by the
+    path the tool was given): --force replaces it; a file no record names is not taken."""
+    out = tmp_path / 'out'
+    (out / 'vis').mkdir(parents=True)
+    (out / 'class_maps').mkdir()
+    (out / 'vis' / 'x.jpg').write_bytes(b'drawing')
+    (out / 'class_maps' / 'x.png').write_bytes(b'class map')
+    record = dict(image='pictures/x.jpg', height=1, width=1,
+                  class_map=str(out / 'class_maps' / 'x.png'), pixels_per_class={})
+    (out / 'predictions.json').write_text(json.dumps(dict(images=[record])))
+    files, foreign = earlier_output(out)
+    assert foreign == []
+    assert sorted(p.relative_to(out).as_posix() for p in files) == [
+        'class_maps/x.png', 'predictions.json', 'vis/x.jpg']
+    (out / 'vis' / 'y.jpg').write_bytes(b'mine')
+    assert earlier_output(out)[1] == ['vis/y.jpg']
