@@ -1,7 +1,9 @@
 """Evaluate a checkpoint of an mmdet or mmseg model (COCO bbox/segm mAP, mIoU, ...).
 
 CHECKPOINT is a .pth, or an end2end.onnx written by tools/export.py (run by ONNX Runtime,
-evaluated with the config's own evaluator).
+evaluated with the config's own evaluator). A .pth whose weights do not fit the config's
+model (another number of classes, head type or arch; an unconverted mmdet 3.x / mmseg 1.x
+ConvNeXt checkpoint) is refused before anything is evaluated, saying what differs.
 
 Example:
     python tools/test.py configs/upernet_convnext_t_ade20k_512.py work_dirs/upernet/iter_160000.pth
