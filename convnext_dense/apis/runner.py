@@ -7,6 +7,7 @@ Runner does the work.
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import os.path as osp
@@ -289,11 +290,11 @@ def checkpoint_misfit(cfg: Config, checkpoint: str, local: str | None = None) ->
     from ..checkpoint.model_fit import describe_misfit, read_model_weights
     from .models import build_model
     state = read_model_weights(local or checkpoint)
-    try:
+    try:  # a copy: some models (DINO, Deformable DETR) write into their config when built
         with torch.device('meta'):
-            model = build_model(cfg)
+            model = build_model(copy.deepcopy(cfg))
     except (NotImplementedError, RuntimeError):  # a module that computes at build time
-        model = build_model(cfg)
+        model = build_model(copy.deepcopy(cfg))
     return describe_misfit(state, model, str(checkpoint), "the config's model")
 
 

@@ -16,6 +16,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 from convnext_dense.apis.models import build_model
+from convnext_dense.apis.runner import checkpoint_misfit, load_config
 from convnext_dense.demo.data import make_ade20k_dataset
 from tests.conftest import run_tool_main
 
@@ -79,3 +80,16 @@ def test_training_from_a_misfit_load_from_warns_and_trains(tmp_path, setup):
     assert "Training goes on: the weights that fit are loaded (mmengine's load_from is not " \
         'strict)' in log
     assert (work_dir / 'iter_1.pth').is_file()
+
+
+def test_the_check_leaves_the_config_as_the_runner_builds_it(tmp_path):
+    """DINO's detector writes into its bbox_head config when built: the check builds a copy,
+    so the runner can still build the config's model."""
+    cfg = load_config(str(REPO / 'configs/dino_4scale_convnext_t_coco.py'))
+    before = cfg.model.to_dict()
+    empty = tmp_path / 'empty.pth'
+    torch.save({'state_dict': {}}, empty)
+    assert 'missing' in checkpoint_misfit(cfg, str(empty))
+    assert cfg.model.to_dict() == before
+    with torch.device('meta'):
+        build_model(cfg)
