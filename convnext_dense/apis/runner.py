@@ -276,10 +276,13 @@ def _checkable_path(checkpoint: str) -> str | None:
         raise CheckpointError(str(exc)) from exc
 
 
-def checkpoint_misfit(cfg: Config, checkpoint: str, local: str | None = None) -> str | None:
-    """What in ``checkpoint``'s weights does not fit ``cfg.model`` (None when all fits).
+def checkpoint_misfit(cfg: Config, checkpoint: str, local: str | None = None,
+                      model_cfg: Any = None) -> str | None:
+    """What in ``checkpoint``'s weights does not fit ``cfg.model`` (or ``model_cfg``; None
+    when all fits).
 
-    The model is built on the meta device (shapes only, no memory for weights); the message
+    The model is built on the meta device (shapes only, no memory for weights) from a copy
+    of its config (some models, DINO's, write into their config when built); the message
     is :func:`~convnext_dense.checkpoint.model_fit.describe_misfit`'s, as
     :func:`~convnext_dense.apis.models.load_trained_weights` gives it. ``local`` is the file
     to read when ``checkpoint`` is a URL.
@@ -288,13 +291,14 @@ def checkpoint_misfit(cfg: Config, checkpoint: str, local: str | None = None) ->
         CheckpointError: ``checkpoint`` cannot be read.
     """
     from ..checkpoint.model_fit import describe_misfit, read_model_weights
-    from .models import build_model
+    from .models import build_toolbox_model
     state = read_model_weights(local or checkpoint)
-    try:  # a copy: some models (DINO, Deformable DETR) write into their config when built
+    model_cfg, toolbox = cfg.model if model_cfg is None else model_cfg, toolbox_of(cfg)
+    try:
         with torch.device('meta'):
-            model = build_model(copy.deepcopy(cfg))
+            model = build_toolbox_model(toolbox, copy.deepcopy(model_cfg))
     except (NotImplementedError, RuntimeError):  # a module that computes at build time
-        model = build_model(copy.deepcopy(cfg))
+        model = build_toolbox_model(toolbox, copy.deepcopy(model_cfg))
     return describe_misfit(state, model, str(checkpoint), "the config's model")
 
 
@@ -351,27 +355,16 @@ def prepare_test_cfg(config: str, checkpoint: str, work_dir: str | None = None,
 
     Raises:
         CheckpointError: the checkpoint cannot be read, or does not fit: what differs in
-            words, then the first mismatching keys.
+            words, then the first mismatching keys (after the dataset check).
     """
-    from ..checkpoint.io import CheckpointError
     cfg = load_config(config, cfg_options)
     toolbox = toolbox_of(cfg)
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(config)
     cfg.load_from = checkpoint
-    if str(checkpoint).endswith('.onnx'):
+    onnx = str(checkpoint).endswith('.onnx')
+    if onnx:
         use_onnx_runtime(cfg, checkpoint, tta)
-    else:
-        local = _checkable_path(str(checkpoint))
-        if local is None:
-            print_log(f'{checkpoint}: read by mmengine\'s file backends; its keys are not '
-                      'compared with the config\'s model', logger='current',
-                      level=logging.WARNING)
-        else:
-            problem = checkpoint_misfit(cfg, str(checkpoint), local)
-            if problem:
-                raise CheckpointError(problem)
-            cfg.load_from = local  # a URL is downloaded once, here
     fit_dist_backend_to_device(cfg)
     if show_dir:
         hook = cfg.default_hooks.get('visualization')
@@ -389,7 +382,24 @@ def prepare_test_cfg(config: str, checkpoint: str, work_dir: str | None = None,
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
     check_datasets(cfg, ('test_dataloader',))
+    if not onnx:
+        _refuse_misfit(cfg, str(checkpoint), cfg.model.module if tta else cfg.model)
     return cfg
+
+
+def _refuse_misfit(cfg: Config, checkpoint: str, model_cfg: Any) -> None:
+    """Raise ``CheckpointError`` if ``checkpoint`` does not fit ``model_cfg``; a URL is
+    downloaded here, once, and ``cfg.load_from`` names the local file."""
+    from ..checkpoint.io import CheckpointError
+    local = _checkable_path(checkpoint)
+    if local is None:
+        print_log(f'{checkpoint}: read by mmengine\'s file backends; its keys are not '
+                  'compared with the config\'s model', logger='current', level=logging.WARNING)
+        return
+    problem = checkpoint_misfit(cfg, checkpoint, local, model_cfg)
+    if problem:
+        raise CheckpointError(problem)
+    cfg.load_from = local
 
 
 def use_onnx_runtime(cfg: Config, onnx_file: str, tta: bool = False) -> None:

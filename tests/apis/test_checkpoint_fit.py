@@ -7,6 +7,7 @@ instead of the config's 6.
 from __future__ import annotations
 
 import ast
+import re
 import uuid
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 from convnext_dense.apis.models import build_model
-from convnext_dense.apis.runner import checkpoint_misfit, load_config
+from convnext_dense.apis.runner import checkpoint_misfit, load_config, prepare_test_cfg
+from convnext_dense.checkpoint.io import CheckpointError
 from convnext_dense.demo.data import make_ade20k_dataset
 from tests.conftest import run_tool_main
 
@@ -45,7 +47,7 @@ def setup(tmp_path_factory) -> dict:
     options += [f'{loader}.{key}' for loader in ('train_dataloader', 'val_dataloader',
                                                   'test_dataloader')
                 for key in ('num_workers=0', 'persistent_workers=False')]
-    return dict(folder=folder, options=options,
+    return dict(folder=folder, options=options, root=str(root),
                 fits=save_checkpoint(folder / 'fits.pth'),
                 misfit=save_checkpoint(folder / 'four_classes.pth', num_classes=4))
 
@@ -58,6 +60,9 @@ def test_test_tool_refuses_a_checkpoint_of_another_class_count(tmp_path, setup):
     assert 'decode_head.conv_seg.weight: checkpoint (4, 128, 1, 1) vs config (6, 128, 1, 1)' \
         in result.stderr
     assert 'Traceback' not in result.stderr and result.stdout == ''  # nothing evaluated
+    with pytest.raises(CheckpointError, match=re.escape(MISFIT)):  # --tta: the model inside
+        prepare_test_cfg(SEG_DEMO, str(setup['misfit']), str(tmp_path / 'tta'), tta=True,
+                         cfg_options={'test_dataloader.dataset.data_root': setup['root']})
 
     # the checkpoint that fits is evaluated as before
     result = run_tool_main('test', SEG_DEMO, str(setup['fits']), '--work-dir',
