@@ -3,9 +3,9 @@
 :class:`ONNXRuntimeDetector` and :class:`ONNXRuntimeSegmentor` are mmengine models: the
 config's own data preprocessor prepares the batch, ONNX Runtime runs ``end2end.onnx``, and the
 outputs become mmdet's/mmseg's data samples at the original image size (boxes rescaled and
-clipped, masks pasted with mmdet's ``_do_paste_mask``, class maps resized to the original
-size), so mmengine's Runner evaluates them with the config's evaluator and the visualizers
-draw them.
+clipped, masks pasted with mmdet's ``_do_paste_mask``; logits resized, cropped and resized to
+the original size before the argmax by mmseg's own post-processing), so mmengine's Runner
+evaluates them with the config's evaluator and the visualizers draw them.
 """
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from mmengine.model import BaseModel
-from mmengine.structures import InstanceData, PixelData
+from mmengine.structures import InstanceData
 
 from .export import BOX_OUTPUT_NAMES, DEPLOY_FILE, INPUT_NAMES, OUTPUT_NAMES, require_onnx
 
@@ -95,18 +94,45 @@ class _ONNXRuntimeModel(BaseModel):
 
 
 class ONNXRuntimeSegmentor(_ONNXRuntimeModel):
-    """An exported mmseg segmentor: sets ``pred_sem_seg`` at the original size."""
+    """An exported mmseg segmentor: sets ``seg_logits`` and ``pred_sem_seg`` at the original size.
+
+    The graph gives the decode head's logits (``seg_logits``, at the head's resolution); the
+    rest is mmseg's whole-image post-processing, run here with mmseg's own code: the logits
+    resized bilinearly to the input batch's size (``BaseDecodeHead.predict_by_feat``), then
+    per image its padding dropped, the logits resized bilinearly to the original size and the
+    argmax taken (``BaseSegmentor.postprocess_result``), with the decode head's
+    ``align_corners`` (and ``threshold`` for a one-channel head) from ``deploy.json``.
+    """
 
     task = 'segmentation'
 
+    def __init__(self, onnx_file: str, num_classes: int, data_preprocessor: dict | None = None,
+                 threads: int | None = None, init_cfg: dict | None = None) -> None:
+        super().__init__(onnx_file, num_classes, data_preprocessor, threads, init_cfg)
+        missing = [key for key in ('align_corners',) if key not in self.deploy_info]
+        if missing:
+            raise ExportedModelMismatch(
+                f'{onnx_file}: {DEPLOY_FILE} lacks {", ".join(missing)}; export the model '
+                'again with tools/export.py')
+        # The attributes mmseg's BaseSegmentor.postprocess_result reads from its segmentor.
+        self.align_corners = bool(self.deploy_info['align_corners'])
+        self.decode_head = _DecodeHeadSettings(self.deploy_info.get('threshold'))
+
     def predict(self, inputs: torch.Tensor, data_samples: list) -> list:
-        class_map = torch.from_numpy(self.run(inputs)[0])  # (N, 1, H, W)
-        for sample, one in zip(data_samples, class_map):
-            height, width = sample.img_shape
-            one = one[:, :height, :width].float()  # drop the padding
-            one = F.interpolate(one[None], size=sample.ori_shape, mode='nearest')[0]
-            sample.pred_sem_seg = PixelData(data=one.long())
-        return data_samples
+        from mmseg.models.segmentors.base import BaseSegmentor
+        from mmseg.models.utils import resize
+        logits = torch.from_numpy(self.run(inputs)[0])  # (N, C, h, w)
+        logits = resize(logits, size=tuple(inputs.shape[2:]), mode='bilinear',
+                        align_corners=self.align_corners)
+        return BaseSegmentor.postprocess_result(self, logits, data_samples)
+
+
+class _DecodeHeadSettings:
+    """What mmseg's post-processing reads from a decode head: the threshold of a one-channel
+    (sigmoid) head."""
+
+    def __init__(self, threshold: float | None) -> None:
+        self.threshold = threshold
 
 
 class ONNXRuntimeDetector(_ONNXRuntimeModel):

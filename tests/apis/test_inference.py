@@ -71,11 +71,10 @@ def test_segmentation_pth_and_onnx_agree_on_a_folder(tmp_path, pictures):
             assert drawn.shape == (96, 144, 3)
         records[name] = [cv2.imread(str(out / r['class_map']), cv2.IMREAD_UNCHANGED)
                          for r in images]
-    # The test pipeline resizes these 96x144 pictures to 107x160: mmseg resizes the logits back
-    # (bilinear) before its argmax, the export's class map is resized (nearest): only pixels at
-    # class borders may differ; a random model's class maps are all borders: 2.4 % differ here.
+    # The test pipeline resizes these 96x144 pictures to 107x160; both resize the logits back
+    # (bilinear) before the argmax, so the class maps agree but for near-ties.
     for pth, onnx in zip(records['pth'], records['onnx']):
-        assert (pth == onnx).mean() >= 0.95
+        assert (pth == onnx).mean() >= 0.995
 
 
 def test_detection_records_boxes_classes_and_masks(tmp_path, pictures):

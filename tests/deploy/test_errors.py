@@ -82,9 +82,10 @@ def test_onnx_of_another_task_is_refused_by_test_and_infer(tmp_path, seg_export)
     result = run_tool_main('test', DET_DEMO, str(seg_export), '--work-dir', str(tmp_path),
                            '--cfg-options', *options)
     assert result.returncode == 1
-    assert "outputs ['output']; a detection model exported by tools/export.py" in result.stderr
+    assert "outputs ['seg_logits']; a detection model exported by tools/export.py" in (
+        result.stderr)
     with pytest.raises(ExportedModelMismatch, match=r"inputs \['input'\] and outputs "
-                                                    r"\['output'\]; a detection model"):
+                                                    r"\['seg_logits'\]; a detection model"):
         from convnext_dense.apis.inference import load_inference_model
         load_inference_model(Config.fromfile(DET_DEMO), str(seg_export))
 
