@@ -39,7 +39,7 @@ def test_shape_must_be_a_multiple_of_32(tmp_path):
 def test_unsupported_model_type_names_the_supported():
     cfg = Config(dict(model=dict(type='RetinaNet')))
     with pytest.raises(ExportError, match='cannot export a RetinaNet: supported model types are '
-                                          'EncoderDecoder, MaskRCNN, CascadeRCNN'):
+                                          'EncoderDecoder, MaskRCNN, FasterRCNN, CascadeRCNN'):
         task_of(cfg)
 
 
