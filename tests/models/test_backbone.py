@@ -171,6 +171,23 @@ def test_ddp_without_find_unused_parameters(tmp_path):
         dist.destroy_process_group()
 
 
+def test_official_initialisation():
+    """Without pretrained weights: the release's init (convolutions and linears: truncated
+    normal, std 0.02, zero bias; LayerNorms: ones and zeros; layer scale: its init value)."""
+    torch.manual_seed(0)
+    model = ConvNeXt(arch='atto', layer_scale_init_value=1e-6)
+    for name, param in model.named_parameters():
+        if name.endswith('gamma'):
+            assert torch.all(param == 1e-6), name
+        elif name.endswith('bias'):
+            assert torch.all(param == 0), name
+        elif param.dim() == 1:  # LayerNorm weights
+            assert torch.all(param == 1), name
+        else:
+            assert abs(param.std().item() - 0.02) < 0.003 and abs(param.mean().item()) < 0.002, (
+                name, param.std().item())
+
+
 def test_drop_path_rates_do_not_depend_on_out_indices():
     full, model = full_and_truncated((0, 1), drop_path_rate=0.4)
 
@@ -255,6 +272,27 @@ def test_with_cp_gives_identical_outputs_and_gradients():
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+
+
+@pytest.mark.parametrize('with_cp', [False, True])
+def test_with_cp_recomputes_each_block_in_the_backward(with_cp):
+    """Checkpointing really happens: each block runs again during the backward (and only
+    then), so its activations were not kept; without with_cp, or without gradients, once."""
+    model = ConvNeXt(arch='atto', out_indices=(0, 1), with_cp=with_cp).train()
+    calls = []
+    for name, block in model.stages.named_children():
+        for index, module in block.named_children():
+            def counted(x, key=f'{name}.{index}', forward=module.forward):
+                calls.append(key)
+                return forward(x)
+            module.forward = counted  # (forward hooks do not see checkpoint's recomputation)
+    blocks = [f'{i}.{j}' for i in range(2) for j in range(model.depths[i])]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert calls == blocks
+    calls.clear()
+    sum(o.sum() for o in model(torch.randn(1, 3, 32, 32))).backward()
+    assert sorted(calls) == sorted(blocks * (2 if with_cp else 1))
 
 
 def test_memory_formats_and_inference_path_give_the_same_results():
@@ -416,20 +454,41 @@ def test_dilated_backbone_keeps_keys_and_the_undilated_stages(output_stride, str
             assert torch.isfinite(a).all()
 
 
-def test_dilated_stage_matches_the_undilated_one_away_from_the_border():
-    """At output stride 16 the last stage, on the positions that correspond to the stride-32
-    grid, equals the undilated stage where no padding is in reach (the image interior)."""
-    reference = randomize_(ConvNeXt(arch='atto', out_indices=(3,)), seed=2).eval()
-    dilated = ConvNeXt(arch='atto', out_indices=(3,), output_stride=16).eval()
+@pytest.mark.parametrize('output_stride', [16, 8])
+def test_every_dilated_stage_matches_the_undilated_one_on_its_grid(output_stride):
+    """Each dilated stage (16: stage 3, dilation 2; 8: stage 2, dilation 2, and stage 3,
+    dilation 4), sampled on the grid of the undilated stage's stride, equals the undilated
+    stage everywhere, borders included, for inputs that are multiples of 32: a dilated 7x7
+    depthwise convolution reads exactly the grid positions the undilated one reads, and where
+    the undilated one reads zero padding so does the dilated one; the 2x2 downsampling
+    convolutions at stride 1 with the previous dilation read the grid positions the stride-2
+    ones read. A wrong dilation in any dilated stage (its blocks or its downsampling) moves
+    the taps off the grid."""
+    reference = randomize_(ConvNeXt(arch='atto'), seed=3).eval()
+    dilated = ConvNeXt(arch='atto', output_stride=output_stride).eval()
     dilated.load_state_dict(reference.state_dict())
-    x = torch.randn(1, 3, 32 * 24, 32 * 24)
+    x = torch.randn(1, 3, 32 * 8, 32 * 6)
     with torch.no_grad():
-        expected, actual = reference(x)[0], dilated(x)[0]
-    # stage 3 has two 7x7 blocks: 6 stride-32 positions from each border see no padding
-    interior = slice(6, 24 - 6)
-    sampled = actual[..., ::2, ::2]
-    torch.testing.assert_close(sampled[..., interior, interior], expected[..., interior, interior],
-                               rtol=1e-4, atol=1e-4)
+        expected, actual = reference(x), dilated(x)
+    dilated_stages = [i for i, d in enumerate(dilated.dilations) if d > 1]
+    assert dilated_stages == ([3] if output_stride == 16 else [2, 3])
+    for i in dilated_stages:
+        step = STAGE_STRIDES[i] // output_stride
+        assert actual[i].shape[-2:] == (256 // output_stride, 192 // output_stride)
+        torch.testing.assert_close(actual[i][..., ::step, ::step], expected[i],
+                                   rtol=1e-4, atol=1e-4, msg=lambda m, i=i: f'stage {i}: {m}')
+
+
+@pytest.mark.parametrize('out_indices, output_stride, dilations', [
+    ((0, 1, 2, 3), 8, (1, 1, 2, 4)),
+    ((0, 1, 2), 8, (1, 1, 2)),
+    ((1, 3), 16, (1, 1, 1, 2)),
+])
+def test_dilations_are_those_the_built_blocks_use(out_indices, output_stride, dilations):
+    model = ConvNeXt(arch='atto', out_indices=out_indices, output_stride=output_stride)
+    assert model.dilations == dilations  # one per built stage
+    used = tuple({block.dwconv.dilation for block in stage} for stage in model.stages)
+    assert used == tuple({(d, d)} for d in dilations)
 
 
 def test_dilated_backbone_trains_with_fewer_stages_and_checkpointing():
