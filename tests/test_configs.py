@@ -15,8 +15,8 @@ from convnext_dense.apis.runner import (
     prepare_test_cfg,
     prepare_train_cfg,
     set_randomness,
-    toolbox_of,
 )
+from convnext_dense.apis.toolbox import toolbox_of
 from tests.conftest import load_packaged_config, load_tool
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,10 +23,11 @@ import argparse
 import sys
 
 from convnext_dense import ARCH_SETTINGS
+from convnext_dense.apis.whole_checkpoints import convert_whole_for_config
 from convnext_dense.checkpoint.convert import convert_and_save
-from convnext_dense.checkpoint.io import CheckpointError
+from convnext_dense.checkpoint.errors import CheckpointError
 from convnext_dense.checkpoint.layouts import CONVERTERS
-from convnext_dense.checkpoint.whole_model import WHOLE_LAYOUTS, convert_whole_and_save
+from convnext_dense.checkpoint.whole_model import WHOLE_LAYOUTS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.whole:
-            conversion = convert_whole_and_save(args.src, args.dst, config=args.config,
-                                                force=args.force, src_format=args.src_format,
-                                                arch=args.arch)
+            conversion = convert_whole_for_config(args.src, args.dst, config=args.config,
+                                                  force=args.force, src_format=args.src_format,
+                                                  arch=args.arch)
         else:
             conversion = convert_and_save(args.src, args.dst, force=args.force,
                                           src_format=args.src_format, arch=args.arch,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convnext_dense.checkpoint.io import CheckpointError
+from convnext_dense.checkpoint.errors import CheckpointError
 from convnext_dense.deploy.export import DEFAULT_OPSET, ExportError, export_onnx
 
 

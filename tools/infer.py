@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from convnext_dense.apis.inference import describe_failures, run_inference
-from convnext_dense.checkpoint.io import CheckpointError
+from convnext_dense.checkpoint.errors import CheckpointError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

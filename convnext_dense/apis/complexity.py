@@ -10,7 +10,7 @@ from mmengine.analysis import FlopAnalyzer
 from mmengine.config import Config
 
 from .models import build_toolbox_model
-from .runner import toolbox_of
+from .toolbox import toolbox_of
 
 #: Detection FLOPs at 1280x800 with the paper's (mmdet 2.x) dummy forward: the box
 #: heads on 1000 proposals, the mask heads on the first 100 of them.

@@ -50,7 +50,8 @@ from .infer_outputs import (
     remove_earlier_output,
 )
 from .models import build_model, load_trained_weights
-from .runner import load_config, toolbox_of
+from .runner import load_config
+from .toolbox import toolbox_of
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 

@@ -8,9 +8,9 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from torch import nn
 
-from ..checkpoint.io import CheckpointError
+from ..checkpoint.errors import CheckpointError
 from ..checkpoint.model_fit import describe_misfit, read_model_weights
-from .runner import toolbox_of
+from .toolbox import toolbox_of
 
 
 def build_toolbox_model(toolbox: str, model_cfg: Mapping) -> nn.Module:

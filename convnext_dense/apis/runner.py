@@ -21,8 +21,7 @@ from mmengine.logging import print_log
 
 from .config_files import rescope_package_bases, resolve_config
 from .data_checks import check_coco_dataset
-
-TOOLBOXES = ('mmdet', 'mmseg')
+from .toolbox import TOOLBOXES, toolbox_of
 
 #: What each toolbox's standard datasets expect on disk, for the missing-data message.
 EXPECTED_LAYOUTS = {
@@ -39,22 +38,6 @@ EXPECTED_LAYOUTS = {
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset the config points at is not on disk."""
-
-
-def toolbox_of(cfg: Config) -> str:
-    """Return ``'mmdet'`` or ``'mmseg'`` for a config."""
-    scope = cfg.get('default_scope')
-    if scope in TOOLBOXES:
-        return scope
-    model_type = str(cfg.get('model', {}).get('type', ''))
-    if model_type.startswith(TOOLBOXES):
-        return model_type.split('.')[0]
-    if 'decode_head' in cfg.get('model', {}):
-        return 'mmseg'
-    if model_type:
-        return 'mmdet'
-    raise ValueError(f'{cfg.filename}: cannot tell whether this is an mmdet or mmseg config: '
-                     "set default_scope='mmdet' or 'mmseg'")
 
 
 def load_config(path: str, cfg_options: dict | None = None) -> Config:
@@ -266,7 +249,7 @@ def _checkable_path(checkpoint: str) -> str | None:
     """The local file to compare with the config's model (an http(s) URL downloaded into the
     cache); None for a scheme only mmengine's file backends read (``s3://``, ...)."""
     from ..checkpoint.download import DownloadError, local_path
-    from ..checkpoint.io import CheckpointError
+    from ..checkpoint.errors import CheckpointError
     scheme = checkpoint.split('://', 1)[0] if '://' in checkpoint else ''
     if scheme and scheme not in ('http', 'https', 'file'):
         return None
@@ -305,7 +288,7 @@ def checkpoint_misfit(cfg: Config, checkpoint: str, local: str | None = None,
 def _warn_if_load_from_misfits(cfg: Config) -> None:
     """Training keeps mmengine's non-strict ``load_from`` (fine-tuning on another class count
     loads what fits) but says what does not fit, before the runner starts."""
-    from ..checkpoint.io import CheckpointError
+    from ..checkpoint.errors import CheckpointError
     load_from = cfg.get('load_from')
     if not load_from or cfg.get('resume'):
         return
@@ -390,7 +373,7 @@ def prepare_test_cfg(config: str, checkpoint: str, work_dir: str | None = None,
 def _refuse_misfit(cfg: Config, checkpoint: str, model_cfg: Any) -> None:
     """Raise ``CheckpointError`` if ``checkpoint`` does not fit ``model_cfg``; a URL is
     downloaded here, once, and ``cfg.load_from`` names the local file."""
-    from ..checkpoint.io import CheckpointError
+    from ..checkpoint.errors import CheckpointError
     local = _checkable_path(checkpoint)
     if local is None:
         print_log(f'{checkpoint}: read by mmengine\'s file backends; its keys are not '
@@ -448,4 +431,4 @@ def build_runner(cfg: Config, for_training: bool = False):
 
 __all__ = ['DatasetNotFoundError', 'build_runner', 'check_datasets', 'checkpoint_misfit',
            'fit_optim_wrapper_to_device', 'load_config', 'prepare_test_cfg',
-           'prepare_train_cfg', 'set_randomness', 'toolbox_of']
+           'prepare_train_cfg', 'set_randomness']

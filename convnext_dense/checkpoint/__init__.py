@@ -1,7 +1,8 @@
 """Checkpoints: safe reading and atomic writing, source layouts (:mod:`.layouts`),
 conversion, safe loading."""
 from .convert import Conversion, convert_and_save, convert_checkpoint, convert_file, load_pretrained
-from .io import CheckpointError, read_checkpoint, write_checkpoint_atomically
+from .errors import CheckpointError
+from .io import read_checkpoint, write_checkpoint_atomically
 from .layouts import CONVERTERS, LAYOUTS, detect_format
 
 __all__ = ['CONVERTERS', 'LAYOUTS', 'CheckpointError', 'Conversion', 'convert_and_save',

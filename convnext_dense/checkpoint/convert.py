@@ -19,7 +19,8 @@ from mmengine.registry import WEIGHT_INITIALIZERS
 
 from ..arch import ARCH_SETTINGS, NUM_STAGES, arch_name, backbone_state_shapes
 from ..utils import first_n_and_more, refuse_overwrite
-from .io import CheckpointError, read_checkpoint, write_checkpoint_atomically
+from .errors import CheckpointError
+from .io import read_checkpoint, write_checkpoint_atomically
 from .layouts import CONVERTERS, StateDict, describe_foreign, detect_format
 
 if TYPE_CHECKING:

@@ -17,15 +17,12 @@ import torch
 
 from ..utils import atomic_file, refuse_overwrite
 from .download import DownloadError, local_path
+from .errors import CheckpointError
 
 #: Classes allowed in a weights-only read besides tensors and containers. The paper's
 #: training scripts (ConvNeXt, ConvNeXt V2 incl. FCMAE pre-training) save their command line
 #: as ``args``, an ``argparse.Namespace``: unpickling one only sets attributes.
 SAFE_EXTRA_GLOBALS = (argparse.Namespace,)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be read, recognised or converted."""
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from torch import nn
 
 from ..utils import first_n_and_more
 from .convert import ArchInfo
-from .io import CheckpointError, read_checkpoint
+from .errors import CheckpointError
+from .io import read_checkpoint
 from .layouts import detect_format
 from .layouts.common import StateDict
 from .safe_loading import mmengine_safe_globals

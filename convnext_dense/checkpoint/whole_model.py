@@ -16,14 +16,16 @@ and 3.x and in mmseg 0.x and 1.x (mmdet 3.x's and mmseg 1.x's own ConvNeXt model
 the weights trained with mmdet 2.x / mmseg 0.x for their 3.x / 1.x configs unchanged).
 The checkpoint's ``meta`` (``dataset_meta``, mmdet 2.x's ``CLASSES`` ...) is kept and the
 conversion recorded under ``meta['convnext_dense']``; training state (optimizer, message hub,
-schedulers) is left out. Given a config, every key and shape is compared with the model it
-builds, and a misfit is refused with what differs in words (number of classes, head type,
+schedulers) is left out. Given a built model (:func:`check_against_model`; the model of a
+config: :mod:`convnext_dense.apis.whole_checkpoints`), every key and shape is compared with
+it, and a misfit is refused with what differs in words (number of classes, head type,
 backbone arch) and the first mismatching keys. No key is ever dropped silently.
 """
 from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,14 +40,14 @@ from .convert import (
     summarise_keys,
     unwrap,
 )
-from .io import CheckpointError, read_checkpoint, write_checkpoint_atomically
+from .errors import CheckpointError
+from .io import read_checkpoint, write_checkpoint_atomically
 from .layouts import describe_foreign, detect_format
 from .layouts.common import StateDict
 from .model_fit import describe_misfit, describe_model
 from .safe_loading import mmengine_safe_globals
 
 if TYPE_CHECKING:
-    from mmengine.config import Config
     from torch import nn
 
 #: Layouts of whole models this module converts, and where such checkpoints come from.
@@ -188,61 +190,39 @@ def read_whole_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
         return read_checkpoint(src)
 
 
-# --- fitting a config's model ------------------------------------------------------------
+# --- fitting a built model ---------------------------------------------------------------
 
 
-def build_target_model(config: str | os.PathLike | Config) -> nn.Module:
-    """The config's model, built on the meta device (shapes only) where it can be.
-
-    Raises:
-        CheckpointError: the config cannot be read or its model cannot be built.
-    """
-    from mmengine.config import Config
-
-    from ..apis.models import build_model
-    from ..apis.runner import load_config
-    try:
-        cfg = config if isinstance(config, Config) else load_config(str(config))
-        try:
-            with torch.device('meta'):
-                return build_model(cfg)
-        except (NotImplementedError, RuntimeError):  # a module that computes at build time
-            return build_model(cfg)
-    except Exception as exc:  # any config error: say which config
-        raise CheckpointError(
-            f'--config {getattr(config, "filename", None) or config}: cannot build its model '
-            f'({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""}); give '
-            "a config of this project's model, e.g. configs/mask_rcnn_convnext_t_coco.py"
-        ) from exc
-
-
-def check_against_config(conversion: WholeConversion,
-                         config: str | os.PathLike | Config) -> None:
-    """Refuse unless every key and shape fits the model that ``config`` builds.
+def check_against_model(conversion: WholeConversion, model: nn.Module, name: str) -> None:
+    """Refuse unless every key and shape fits ``model`` (``name``: where it comes from, a
+    config file, for the messages and the report).
 
     Raises:
         CheckpointError: names what differs in words (number of classes, head type,
             backbone arch) and the first mismatching keys.
     """
-    name = getattr(config, 'filename', None) or str(config)
-    problem = describe_misfit(conversion.state_dict, build_target_model(config),
-                              conversion.source, name)
+    problem = describe_misfit(conversion.state_dict, model, conversion.source, name)
     if problem:
         raise CheckpointError(problem)
     conversion.config = name
 
 
-def convert_whole_file(src: str | os.PathLike, config: str | os.PathLike | None = None,
+#: Called on a conversion before it is returned or written; raises ``CheckpointError`` to
+#: refuse it (e.g. a config's model that the weights do not fit).
+ConversionCheck = Callable[[WholeConversion], None]
+
+
+def convert_whole_file(src: str | os.PathLike, check: ConversionCheck | None = None,
                        src_format: str | None = None, arch: str | None = None) -> WholeConversion:
-    """Read ``src`` and convert it; with ``config``, also check that it fits that model."""
+    """Read ``src`` and convert it; ``check`` (if given) may refuse the result."""
     conversion = convert_whole_checkpoint(read_whole_checkpoint(src), str(src), src_format, arch)
-    if config is not None:
-        check_against_config(conversion, config)
+    if check is not None:
+        check(conversion)
     return conversion
 
 
 def convert_whole_and_save(src: str | os.PathLike, dst: str | os.PathLike,
-                           config: str | os.PathLike | None = None, force: bool = False,
+                           check: ConversionCheck | None = None, force: bool = False,
                            **kwargs: Any) -> WholeConversion:
     """Convert ``src`` (see :func:`convert_whole_file`) and write it atomically to ``dst``.
 
@@ -250,6 +230,6 @@ def convert_whole_and_save(src: str | os.PathLike, dst: str | os.PathLike,
     conversion writes nothing.
     """
     check_destination(src, dst, force)
-    conversion = convert_whole_file(src, config, **kwargs)
+    conversion = convert_whole_file(src, check, **kwargs)
     write_checkpoint_atomically(conversion.to_checkpoint(), dst, force=force)
     return conversion

@@ -38,7 +38,8 @@ from mmengine.logging import print_log
 from mmengine.runner import find_latest_checkpoint
 
 from ..apis.config_files import packaged_config
-from ..apis.runner import build_runner, load_config, prepare_train_cfg, toolbox_of
+from ..apis.runner import build_runner, load_config, prepare_train_cfg
+from ..apis.toolbox import toolbox_of
 from .data import DATASET_MAKERS
 
 PathLike = Union[str, Path]

@@ -20,7 +20,8 @@ from torch import nn
 
 from ..apis.inference import dataset_meta
 from ..apis.models import build_model, load_trained_weights
-from ..apis.runner import load_config, toolbox_of
+from ..apis.runner import load_config
+from ..apis.toolbox import toolbox_of
 from .errors import ExportError
 from .output_dir import check_output_dir, staged_output
 

@@ -18,7 +18,7 @@ from mmengine.logging import MMLogger
 
 from convnext_dense.apis.models import build_model
 from convnext_dense.apis.runner import checkpoint_misfit, load_config, prepare_test_cfg
-from convnext_dense.checkpoint.io import CheckpointError
+from convnext_dense.checkpoint.errors import CheckpointError
 from convnext_dense.demo.data import make_ade20k_dataset
 from tests.conftest import run_tool_main
 

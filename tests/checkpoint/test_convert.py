@@ -16,7 +16,8 @@ from mmengine.runner import load_checkpoint
 
 from convnext_dense import ConvNeXt
 from convnext_dense.checkpoint.convert import convert_checkpoint, convert_file, load_pretrained
-from convnext_dense.checkpoint.io import CheckpointError, read_checkpoint
+from convnext_dense.checkpoint.errors import CheckpointError
+from convnext_dense.checkpoint.io import read_checkpoint
 from tests.conftest import (
     REPO,
     load_packaged_config,

@@ -26,15 +26,12 @@ from mmengine.runner import load_checkpoint
 from convnext_dense.apis.inference import inference_pipeline, load_inference_model
 from convnext_dense.apis.models import load_trained_weights
 from convnext_dense.apis.runner import load_config
+from convnext_dense.apis.whole_checkpoints import build_target_model, check_against_config
 from convnext_dense.checkpoint.convert import convert_and_save
-from convnext_dense.checkpoint.io import CheckpointError, read_checkpoint
+from convnext_dense.checkpoint.errors import CheckpointError
+from convnext_dense.checkpoint.io import read_checkpoint
 from convnext_dense.checkpoint.model_fit import describe_model
-from convnext_dense.checkpoint.whole_model import (
-    build_target_model,
-    check_against_config,
-    convert_whole_checkpoint,
-    read_whole_checkpoint,
-)
+from convnext_dense.checkpoint.whole_model import convert_whole_checkpoint, read_whole_checkpoint
 from convnext_dense.models.backbone import ConvNeXt
 from tests.checkpoint.mmpretrain_overlay import run_with_mmpretrain
 from tests.conftest import REPO, randomize_, relative_error, run_tool_main, run_tool_process

@@ -10,7 +10,7 @@ import torch
 from mmengine.config import Config
 
 from convnext_dense.apis.models import build_model
-from convnext_dense.checkpoint.io import CheckpointError
+from convnext_dense.checkpoint.errors import CheckpointError
 from convnext_dense.deploy.export import ExportError, export_onnx, task_of
 from convnext_dense.deploy.runtime import ExportedModelMismatch
 from tests.conftest import run_tool_main

@@ -5,7 +5,7 @@ dropped)``: the backbone's tensors under this backbone's (the official
 release's) names and shapes, and the names of the tensors that are not part
 of the backbone (classifier heads, pre-training decoders), which are left out
 and reported. A key that is neither raises
-:class:`~convnext_dense.checkpoint.io.CheckpointError` naming it.
+:class:`~convnext_dense.checkpoint.errors.CheckpointError` naming it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from ..io import CheckpointError
+from ..errors import CheckpointError
 
 StateDict = dict[str, torch.Tensor]
 Rules = tuple[tuple[re.Pattern[str], str], ...]

@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from ..io import CheckpointError
+from ..errors import CheckpointError
 from .common import StateDict, convert_keys, has_key
 
 _ENCODER = 'encoder.'

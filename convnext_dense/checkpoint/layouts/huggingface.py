@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..io import CheckpointError
+from ..errors import CheckpointError
 from .common import StateDict, apply_rules, compile_rules, convert_keys, has_key, strip_prefix
 
 _CONVNEXT_PREFIXES = ('convnext.', 'convnextv2.')

@@ -17,7 +17,7 @@ from timm.models.convnext import checkpoint_filter_fn
 from transformers import DINOv3ConvNextConfig, DINOv3ConvNextModel
 
 from convnext_dense.checkpoint.convert import convert_file
-from convnext_dense.checkpoint.io import CheckpointError
+from convnext_dense.checkpoint.errors import CheckpointError
 from tests.checkpoint.layouts.reference import (
     INPUT,
     assert_stage_features_match,

@@ -16,7 +16,7 @@ import torch
 
 from convnext_dense import ConvNeXt
 from convnext_dense.checkpoint.convert import convert_checkpoint, convert_file
-from convnext_dense.checkpoint.io import CheckpointError
+from convnext_dense.checkpoint.errors import CheckpointError
 from tests.conftest import randomize_, run_tool_main
 
 V2_SHAPE = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40), use_grn=True,

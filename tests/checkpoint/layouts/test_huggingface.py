@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from convnext_dense.checkpoint.convert import convert_file
-from convnext_dense.checkpoint.io import CheckpointError
+from convnext_dense.checkpoint.errors import CheckpointError
 from tests.checkpoint.layouts.reference import (
     INPUT,
     assert_stage_features_match,
