@@ -5,8 +5,6 @@ in a config) registers modules and changes nothing else:
 
 - ``ConvNeXt`` in the model registry of each installed toolbox (mmdet, mmseg), and
   ``SegTTAModelWithTestCfg`` (test-time augmentation with its own inference mode) in mmseg's;
-  ``ONNXRuntimeDetector``/``ONNXRuntimeSegmentor`` (exported models run by ONNX Runtime) in
-  mmdet's/mmseg's;
 - ``ConvNeXtLayerDecayOptimizerConstructor`` in their optimizer-wrapper-constructor
   registries;
 - ``ReplicaSyncCheckHook`` in mmengine's hook registry and the ``ConvNeXtPretrained``
@@ -19,15 +17,23 @@ The fixes to mmengine's global behaviour that training on torch >= 2.6 needs are
 opt-in: :func:`enable_runtime_fixes` (or ``'convnext_dense.enable_fixes'`` in
 ``custom_imports``); see :mod:`convnext_dense.engine.runtime_fixes`.
 
-Layout: ``models`` (backbone, layers, TTA), ``checkpoint`` (io, formats, conversion, safe
-loading), ``engine`` (layer decay, hooks, the opt-in fixes), ``apis`` (train/test
-preparation, data checks, complexity, model loading, inference), ``deploy`` (ONNX export and
-ONNX Runtime models), ``demo`` and ``benchmark`` (applications).
+It loads the backbone, its layers, the checkpoint reading the backbone's ``init_cfg`` needs,
+the layer-decay constructor and the hooks, and nothing of ``apis``, ``deploy``, ``demo``,
+``benchmark``, onnx or onnxruntime. The exported models run by ONNX Runtime
+(``ONNXRuntimeDetector``, ``ONNXRuntimeSegmentor``) are registered by
+``import convnext_dense.deploy`` (``custom_imports=dict(imports=['convnext_dense',
+'convnext_dense.deploy'])``); the project's tools import it.
+
+Layout, lowest first (a subpackage imports only from those before it): ``checkpoint`` (io,
+formats, conversion, safe loading), ``models`` (backbone, layers, TTA), ``engine`` (layer
+decay, hooks, the opt-in fixes), ``apis`` (train/test preparation, data checks, complexity,
+model loading, inference), ``deploy`` (ONNX export and ONNX Runtime models), ``demo`` and
+``benchmark`` (applications).
 """
 from mmengine.registry import HOOKS
 
+from .arch import ARCH_SETTINGS
 from .checkpoint.convert import ConvNeXtPretrainedInit
-from .deploy.runtime import ONNXRuntimeDetector, ONNXRuntimeSegmentor
 from .engine.hooks import ReplicaSyncCheckHook
 from .engine.layer_decay import (
     ConvNeXtLayerDecayOptimizerConstructor,
@@ -35,15 +41,14 @@ from .engine.layer_decay import (
     get_lr_scale,
 )
 from .engine.runtime_fixes import enable_runtime_fixes
-from .models.backbone import ARCH_SETTINGS, ConvNeXt
+from .models.backbone import ConvNeXt
 from .models.seg_tta import SegTTAModelWithTestCfg
 from .registry import register, register_config_scope, register_in_toolboxes, register_models
 
 __version__ = '0.2.0'
 
 REGISTERED_SCOPES = register_models(ConvNeXt)
-register_models(SegTTAModelWithTestCfg, ONNXRuntimeSegmentor, toolboxes=('mmseg',))
-register_models(ONNXRuntimeDetector, toolboxes=('mmdet',))
+register_models(SegTTAModelWithTestCfg, toolboxes=('mmseg',))
 register_in_toolboxes('OPTIM_WRAPPER_CONSTRUCTORS', ConvNeXtLayerDecayOptimizerConstructor)
 # once, in mmengine's root registry: mmdet's and mmseg's HOOKS look it up there
 register(HOOKS, ReplicaSyncCheckHook)
@@ -52,5 +57,5 @@ register_config_scope()
 
 __all__ = ['ARCH_SETTINGS', 'ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor',
            'ConvNeXtPretrainedInit', 'REGISTERED_SCOPES', 'ReplicaSyncCheckHook',
-           'ONNXRuntimeDetector', 'ONNXRuntimeSegmentor', 'SegTTAModelWithTestCfg',
-           '__version__', 'enable_runtime_fixes', 'get_layer_id', 'get_lr_scale']
+           'SegTTAModelWithTestCfg', '__version__', 'enable_runtime_fixes', 'get_layer_id',
+           'get_lr_scale']

@@ -17,6 +17,7 @@ import sys
 
 from convnext_dense.apis.inference import describe_failures, run_inference
 from convnext_dense.checkpoint.errors import CheckpointError
+from convnext_dense.deploy.runtime import load_onnx_model  # registers the ONNX Runtime models
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_inference(args.config, args.model, args.inputs, args.out_dir,
                                args.score_thr, args.force, args.cfg_options, args.device,
-                               args.progress)
+                               args.progress, load_onnx=load_onnx_model)
     except (CheckpointError, FileExistsError, FileNotFoundError, ImportError,
             ValueError) as exc:
         print(f'error: {exc}', file=sys.stderr)

@@ -20,6 +20,7 @@ from convnext_dense.apis.runner import (
     build_runner,
     prepare_test_cfg,
 )
+from convnext_dense.deploy.runtime import use_onnx_runtime  # registers the ONNX Runtime models
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = prepare_test_cfg(args.config, args.checkpoint, args.work_dir, args.show_dir,
-                               args.tta, args.cfg_options, args.launcher)
+                               args.tta, args.cfg_options, args.launcher,
+                               onnx_runtime=use_onnx_runtime)
         runner = build_runner(cfg)  # an end2end.onnx is opened and checked here
     except (DatasetNotFoundError, FileNotFoundError, ImportError, ValueError) as exc:
         print(f'error: {exc}', file=sys.stderr)

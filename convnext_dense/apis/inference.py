@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from .infer_outputs import (
     remove_earlier_output,
 )
 from .models import build_model, load_trained_weights
-from .runner import load_config
+from .runner import is_onnx, load_config, refuse_onnx_without_runtime
 from .toolbox import toolbox_of
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
@@ -86,7 +86,7 @@ def inference_device(device: str | None, model_path: str) -> str:
         ValueError: ``device`` is not ``cpu``, ``cuda`` or ``cuda:N`` of this machine, or is a
             CUDA device for an ``.onnx`` (it runs on ONNX Runtime's CPU execution provider).
     """
-    onnx = str(model_path).endswith('.onnx')
+    onnx = is_onnx(model_path)
     if device is None:
         return 'cpu' if onnx or not torch.cuda.is_available() else 'cuda'
     try:
@@ -110,15 +110,18 @@ def inference_device(device: str | None, model_path: str) -> str:
     return str(parsed)
 
 
-def load_inference_model(cfg: Config, model_path: str, device: str = 'cpu') -> nn.Module:
-    """The config's model with ``model_path``'s weights on ``device``, or ONNX Runtime (CPU)
-    for an ``.onnx``."""
-    if str(model_path).endswith('.onnx'):
-        from ..deploy.runtime import runtime_model_cfg
-        toolbox = toolbox_of(cfg)
-        registry = importlib.import_module(f'{toolbox}.registry').MODELS
-        with DefaultScope.overwrite_default_scope(toolbox):
-            return registry.build(runtime_model_cfg(cfg, model_path)).eval()
+#: Builds the model that runs an exported ``.onnx`` for a config (ONNX Runtime, CPU).
+LoadOnnx = Callable[[Config, str], nn.Module]
+
+
+def load_inference_model(cfg: Config, model_path: str, device: str = 'cpu',
+                         load_onnx: LoadOnnx | None = None) -> nn.Module:
+    """The config's model with ``model_path``'s weights on ``device``, or, for an ``.onnx``,
+    what ``load_onnx`` builds (tools/infer.py passes
+    :func:`convnext_dense.deploy.runtime.load_onnx_model`: ONNX Runtime on the CPU)."""
+    if is_onnx(model_path):
+        refuse_onnx_without_runtime(model_path, load_onnx)
+        return load_onnx(cfg, model_path)
     model = build_model(cfg)
     load_trained_weights(model, model_path)
     return model.to(device)
@@ -191,7 +194,7 @@ def _read_image(path: Path) -> np.ndarray:
 def run_inference(config: str, model_path: str, inputs: Iterable[str | os.PathLike],
                   out_dir: str | os.PathLike, score_thr: float = 0.3, force: bool = False,
                   cfg_options: dict | None = None, device: str | None = None,
-                  progress: bool = True) -> InferenceResult:
+                  progress: bool = True, load_onnx: LoadOnnx | None = None) -> InferenceResult:
     """Predict, draw and record every image into ``out_dir`` (layout: :mod:`.infer_outputs`).
 
     Args:
@@ -205,6 +208,8 @@ def run_inference(config: str, model_path: str, inputs: Iterable[str | os.PathLi
         device: ``cpu``, ``cuda`` or ``cuda:N`` for a ``.pth`` (default: ``cuda`` if
             available); an ``.onnx`` runs on the CPU.
         progress: Show a progress bar (count, rate, ETA) on stderr.
+        load_onnx: Builds the model for an ``.onnx`` (:func:`load_inference_model`); an
+            ``.onnx`` without it is refused.
 
     An image that cannot be read is recorded with its ``error`` and the run goes on; the
     result lists such images in ``failed``.
@@ -216,7 +221,7 @@ def run_inference(config: str, model_path: str, inputs: Iterable[str | os.PathLi
     names = output_names(images, inputs)
     device = inference_device(device, model_path)
     cfg = load_config(config, cfg_options)
-    model = load_inference_model(cfg, model_path, device)
+    model = load_inference_model(cfg, model_path, device, load_onnx)
     pipeline = inference_pipeline(cfg)
     meta = dataset_meta(cfg)
     classes = list(meta['classes'])

@@ -12,7 +12,7 @@ import logging
 import os
 import os.path as osp
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -38,6 +38,24 @@ EXPECTED_LAYOUTS = {
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset the config points at is not on disk."""
+
+
+#: Replaces a test config's model by one that runs an exported ``.onnx``: called with the
+#: config, the ``.onnx`` and whether ``--tta`` was asked for.
+OnnxRuntime = Callable[[Config, str, bool], None]
+
+
+def is_onnx(model_file: str | os.PathLike) -> bool:
+    """Whether ``model_file`` is an exported model (``end2end.onnx``) rather than weights."""
+    return str(model_file).endswith('.onnx')
+
+
+def refuse_onnx_without_runtime(model_file: str | os.PathLike, runtime: Any) -> None:
+    """Raise a ValueError if ``runtime`` (what runs the ``.onnx`` ``model_file``) is None."""
+    if runtime is None:
+        raise ValueError(f'{model_file}: an exported model runs with ONNX Runtime: use '
+                         'tools/test.py or tools/infer.py, or pass the runtime from '
+                         'convnext_dense.deploy.runtime (use_onnx_runtime, load_onnx_model)')
 
 
 def load_config(path: str, cfg_options: dict | None = None) -> Config:
@@ -330,11 +348,15 @@ def prepare_train_cfg(config: str, work_dir: str | None = None, resume: str | bo
 
 def prepare_test_cfg(config: str, checkpoint: str, work_dir: str | None = None,
                      show_dir: str | None = None, tta: bool = False,
-                     cfg_options: dict | None = None, launcher: str = 'none') -> Config:
+                     cfg_options: dict | None = None, launcher: str = 'none',
+                     onnx_runtime: OnnxRuntime | None = None) -> Config:
     """Build the test config as mmdet's/mmseg's tools/test.py would.
 
     A ``.pth`` whose weights do not fit the config's model is refused here (mmengine's
-    ``load_from`` would load what fits and evaluate the rest as initialised).
+    ``load_from`` would load what fits and evaluate the rest as initialised). An exported
+    ``.onnx`` is tested by ``onnx_runtime`` in place of the config's model (tools/test.py
+    passes :func:`convnext_dense.deploy.runtime.use_onnx_runtime`; this layer does not
+    import the deploy layer above it).
 
     Raises:
         CheckpointError: the checkpoint cannot be read, or does not fit: what differs in
@@ -345,9 +367,10 @@ def prepare_test_cfg(config: str, checkpoint: str, work_dir: str | None = None,
     cfg.launcher = launcher
     cfg.work_dir = work_dir or cfg.get('work_dir') or default_work_dir(config)
     cfg.load_from = checkpoint
-    onnx = str(checkpoint).endswith('.onnx')
+    onnx = is_onnx(checkpoint)
     if onnx:
-        use_onnx_runtime(cfg, checkpoint, tta)
+        refuse_onnx_without_runtime(checkpoint, onnx_runtime)
+        onnx_runtime(cfg, checkpoint, tta)
     fit_dist_backend_to_device(cfg)
     if show_dir:
         hook = cfg.default_hooks.get('visualization')
@@ -385,20 +408,6 @@ def _refuse_misfit(cfg: Config, checkpoint: str, model_cfg: Any) -> None:
     cfg.load_from = local
 
 
-def use_onnx_runtime(cfg: Config, onnx_file: str, tta: bool = False) -> None:
-    """Test an exported ``end2end.onnx`` with ONNX Runtime in place of the config's model."""
-    from ..deploy.runtime import runtime_model_cfg
-    if tta:
-        raise ValueError(f'{onnx_file}: --tta runs the PyTorch model at several scales; an '
-                         'exported model is tested as exported (drop --tta)')
-    test_cfg = cfg.model.get('test_cfg') or {}
-    if test_cfg.get('mode') == 'slide':
-        print_log(f'{onnx_file}: the exported segmentor infers on whole images (the config\'s '
-                  f'model slides a {tuple(test_cfg.crop_size)} window)', logger='current')
-    cfg.model = runtime_model_cfg(cfg, onnx_file)
-    cfg.load_from = None
-
-
 def build_runner(cfg: Config, for_training: bool = False):
     """The real mmengine Runner (or a custom ``runner_type``) for ``cfg``.
 
@@ -430,5 +439,5 @@ def build_runner(cfg: Config, for_training: bool = False):
 
 
 __all__ = ['DatasetNotFoundError', 'build_runner', 'check_datasets', 'checkpoint_misfit',
-           'fit_optim_wrapper_to_device', 'load_config', 'prepare_test_cfg',
+           'fit_optim_wrapper_to_device', 'is_onnx', 'load_config', 'prepare_test_cfg',
            'prepare_train_cfg', 'set_randomness']

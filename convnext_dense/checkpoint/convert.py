@@ -302,12 +302,14 @@ def load_pretrained(model: ConvNeXt, checkpoint: str | os.PathLike) -> Conversio
 
 @WEIGHT_INITIALIZERS.register_module(name='ConvNeXtPretrained')
 class ConvNeXtPretrainedInit:
-    """mmengine weight initialiser: :func:`load_pretrained` of any known layout.
+    """mmengine weight initialiser: :func:`load_pretrained` of any known layout, for configs
+    that name it: ``init_cfg=dict(type='ConvNeXtPretrained', checkpoint=...)`` (mmengine
+    builds it from ``WEIGHT_INITIALIZERS``).
 
-    :class:`~convnext_dense.models.backbone.ConvNeXt` builds it (through mmengine's
-    ``WEIGHT_INITIALIZERS``, so the model does not import this module) for
-    ``init_cfg=dict(type='Pretrained', checkpoint=...)``; configs may also name it
-    directly: ``init_cfg=dict(type='ConvNeXtPretrained', checkpoint=...)``.
+    For ``init_cfg=dict(type='Pretrained', checkpoint=...)``,
+    :meth:`~convnext_dense.models.backbone.ConvNeXt.init_weights` calls
+    :func:`load_pretrained` itself: the model imports this module (``models`` sits above
+    ``checkpoint``; nothing here imports the model but for type annotations).
     """
 
     def __init__(self, checkpoint: str | os.PathLike) -> None:

@@ -12,6 +12,7 @@ from ..apis.config_files import packaged_config
 from ..apis.inference import IMAGE_SUFFIXES, run_inference
 from ..apis.runner import build_runner, load_config, prepare_test_cfg
 from ..deploy.export import export_onnx
+from ..deploy.runtime import load_onnx_model, use_onnx_runtime
 from .run import data_root_options, get_task
 
 PathLike = Union[str, Path]
@@ -58,13 +59,13 @@ def export_demo(task: str, work_dir: PathLike = 'work_dirs/demo',
     metrics: Dict[str, Dict[str, float]] = {}
     for name, model in (('pytorch', checkpoint), ('onnxruntime', onnx_file)):
         cfg = prepare_test_cfg(config, str(model), str(run_dir / f'test_{name}'),
-                               cfg_options=options)
+                               cfg_options=options, onnx_runtime=use_onnx_runtime)
         cfg.visualizer.pop('name', None)  # a visualizer of its own per runner
         results = build_runner(cfg).test()
         metrics[name] = {key: float(results[key]) for key in spec.metrics}
     images = _val_images(load_config(config, options), NUM_INFER_IMAGES)
     run_inference(config, str(onnx_file), images, run_dir / 'onnx_infer', force=True,
-                  cfg_options=options)
+                  cfg_options=options, load_onnx=load_onnx_model)
     report = dict(metrics, difference={key: metrics['onnxruntime'][key] - metrics['pytorch'][key]
                                        for key in spec.metrics})
     (run_dir / 'onnx_metrics.json').write_text(json.dumps(report, indent=2) + '\n')

@@ -8,7 +8,6 @@ mean/std and channel order, the test resize and padding, and the class names.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
@@ -23,66 +22,18 @@ from ..apis.models import build_model, load_trained_weights
 from ..apis.runner import load_config
 from ..apis.toolbox import toolbox_of
 from .errors import ExportError
+from .format import (
+    BOX_OUTPUT_NAMES,
+    DEPLOY_FILE,
+    INPUT_NAMES,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    require_onnx,
+    task_of,
+)
 from .output_dir import check_output_dir, staged_output
 
-ONNX_FILE = 'end2end.onnx'
-DEPLOY_FILE = 'deploy.json'
-#: the graphs' outputs: mmdeploy's names and layouts for detectors; segmentors end in the
-#: decode head's logits (mmseg's resizes and argmax depend on each image's size: done after)
-OUTPUT_NAMES = {'segmentation': ['seg_logits'], 'detection': ['dets', 'labels', 'masks']}
-#: a detector without a mask head (Faster R-CNN, Cascade R-CNN): mmdeploy's box-only outputs
-BOX_OUTPUT_NAMES = ['dets', 'labels']
-#: the graphs' inputs: the preprocessed batch; detectors also take each image's (height,
-#: width) before padding (mmdet's ``img_shape``), to which mmdet clips their boxes
-INPUT_NAMES = {'segmentation': ['input'], 'detection': ['input', 'img_shape']}
-SUPPORTED_MODELS = {'EncoderDecoder': 'segmentation', 'MaskRCNN': 'detection',
-                    'FasterRCNN': 'detection', 'CascadeRCNN': 'detection'}
-#: mmseg decode heads that classify masks, not pixels: their forward gives per-query class
-#: scores and masks, not the logits map the exported segmentation graph ends in
-QUERY_DECODE_HEADS = ('Mask2FormerHead', 'MaskFormerHead')
 DEFAULT_OPSET = 17
-
-
-def require_onnx() -> tuple[Any, Any]:
-    """Import ``onnx`` and ``onnxruntime`` or say which extra installs them."""
-    modules, missing = [], []
-    for name in ('onnx', 'onnxruntime'):
-        try:
-            modules.append(importlib.import_module(name))
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise ImportError(f'{" and ".join(missing)} not installed: the deploy tools need them; '
-                          "install the extra: pip install 'convnext_dense[deploy]' "
-                          '(onnx, onnxruntime)')
-    return modules[0], modules[1]
-
-
-def _type_name(module_cfg: Any) -> str:
-    """A module config's type without its scope (``'mmdet.X'`` is ``'X'``)."""
-    return str(module_cfg.get('type', '')).split('.')[-1] if module_cfg else ''
-
-
-def task_of(cfg: Config) -> str:
-    """``'detection'`` or ``'segmentation'`` for the supported model types.
-
-    Raises:
-        ExportError: naming the supported model types for any other model type, and the
-            query-based decode heads (Mask2Former, MaskFormer) for segmentors with one.
-    """
-    source = cfg.filename or 'config'
-    model_type = _type_name(cfg.model)
-    if model_type not in SUPPORTED_MODELS:
-        raise ExportError(f'{source}: cannot export a '
-                          f'{model_type or "model without a type"}: supported model types are '
-                          f'{", ".join(SUPPORTED_MODELS)}')
-    head_type = _type_name(cfg.model.get('decode_head'))
-    if head_type in QUERY_DECODE_HEADS:
-        raise ExportError(f'{source}: cannot export a {model_type} with a {head_type}: '
-                          'supported segmentors have a per-pixel decode head (UPerHead, '
-                          'DepthwiseSeparableASPPHead, FCNHead, ...); query-based heads '
-                          f'({", ".join(QUERY_DECODE_HEADS)}) are not exported')
-    return SUPPORTED_MODELS[model_type]
 
 
 def export_graph(model: nn.Module, task: str) -> nn.Module:

@@ -5,10 +5,16 @@ config's own data preprocessor prepares the batch, ONNX Runtime runs ``end2end.o
 outputs become mmdet's/mmseg's data samples at the original image size (boxes rescaled and
 clipped, masks pasted with mmdet's ``_do_paste_mask``; logits resized, cropped and resized to
 the original size before the argmax by mmseg's own post-processing), so mmengine's Runner
-evaluates them with the config's evaluator and the visualizers draw them.
+evaluates them with the config's evaluator and the visualizers draw them. Importing
+:mod:`convnext_dense.deploy` registers them in mmdet's/mmseg's model registries.
+
+:func:`use_onnx_runtime` (a test config) and :func:`load_onnx_model` (inference) are what the
+tools hand to :mod:`convnext_dense.apis` for an ``.onnx``: the apis layer does not import
+this one.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
@@ -16,10 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.model import BaseModel
+from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
 
-from .export import BOX_OUTPUT_NAMES, DEPLOY_FILE, INPUT_NAMES, OUTPUT_NAMES, require_onnx
+from ..apis.toolbox import toolbox_of
+from .format import BOX_OUTPUT_NAMES, DEPLOY_FILE, INPUT_NAMES, OUTPUT_NAMES, require_onnx, task_of
 
 
 class ExportedModelMismatch(ValueError):
@@ -200,9 +210,8 @@ def detections_to_samples(outputs: dict[str, Any], data_samples: list,
     return data_samples
 
 
-def runtime_model_cfg(cfg: Any, onnx_file: str) -> dict:
+def runtime_model_cfg(cfg: Config, onnx_file: str) -> dict:
     """The ``model`` config that runs ``onnx_file`` in place of the config's model."""
-    from .export import task_of
     task = task_of(cfg)
     if task == 'detection':
         heads = cfg.model.roi_head.bbox_head
@@ -215,3 +224,26 @@ def runtime_model_cfg(cfg: Any, onnx_file: str) -> dict:
         extra = {}
     return dict(type=model_type, onnx_file=str(onnx_file), num_classes=num_classes,
                 data_preprocessor=cfg.model.data_preprocessor, **extra)
+
+
+def use_onnx_runtime(cfg: Config, onnx_file: str, tta: bool = False) -> None:
+    """Test an exported ``end2end.onnx`` with ONNX Runtime in place of the config's model
+    (``prepare_test_cfg(..., onnx_runtime=use_onnx_runtime)``, as tools/test.py does)."""
+    if tta:
+        raise ValueError(f'{onnx_file}: --tta runs the PyTorch model at several scales; an '
+                         'exported model is tested as exported (drop --tta)')
+    test_cfg = cfg.model.get('test_cfg') or {}
+    if test_cfg.get('mode') == 'slide':
+        print_log(f'{onnx_file}: the exported segmentor infers on whole images (the config\'s '
+                  f'model slides a {tuple(test_cfg.crop_size)} window)', logger='current')
+    cfg.model = runtime_model_cfg(cfg, onnx_file)
+    cfg.load_from = None
+
+
+def load_onnx_model(cfg: Config, onnx_file: str) -> BaseModel:
+    """The ONNX Runtime model of ``onnx_file`` for ``cfg``, in eval mode
+    (``run_inference(..., load_onnx=load_onnx_model)``, as tools/infer.py does)."""
+    toolbox = toolbox_of(cfg)
+    registry = importlib.import_module(f'{toolbox}.registry').MODELS
+    with DefaultScope.overwrite_default_scope(toolbox):
+        return registry.build(runtime_model_cfg(cfg, onnx_file)).eval()

@@ -15,6 +15,7 @@ from mmengine.config import Config
 from convnext_dense.apis.infer_outputs import earlier_output
 from convnext_dense.apis.inference import collect_images, inference_device, run_inference
 from convnext_dense.apis.models import build_model
+from convnext_dense.apis.runner import prepare_test_cfg
 from convnext_dense.demo.data import make_ade20k_dataset, make_coco_dataset
 from convnext_dense.deploy.export import export_onnx
 from tests.conftest import run_tool_main
@@ -252,3 +253,16 @@ def test_an_output_of_the_earlier_layout_is_recognised(tmp_path):
         'class_maps/x.png', 'predictions.json', 'vis/x.jpg']
     (out / 'vis' / 'y.jpg').write_bytes(b'mine')
     assert earlier_output(out)[1] == ['vis/y.jpg']
+
+
+def test_an_onnx_needs_the_runtime_of_the_deploy_layer(tmp_path, pictures):
+    """The apis layer does not import deploy: given an .onnx without the runtime that runs it
+    (what tools/infer.py and tools/test.py pass), it refuses by name and writes nothing."""
+    onnx_file = str(tmp_path / 'm.onnx')
+    words = (r'm\.onnx: an exported model runs with ONNX Runtime: use tools/test\.py or '
+             r'tools/infer\.py, or pass the runtime from convnext_dense\.deploy\.runtime')
+    with pytest.raises(ValueError, match=words):
+        run_inference(SEG_DEMO, onnx_file, [pictures], tmp_path / 'out', progress=False)
+    assert not (tmp_path / 'out').exists()
+    with pytest.raises(ValueError, match=words):
+        prepare_test_cfg(SEG_DEMO, onnx_file, str(tmp_path / 'work'))

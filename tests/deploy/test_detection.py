@@ -33,7 +33,11 @@ from convnext_dense.apis.models import build_model
 from convnext_dense.deploy.detection import TwoStageDetectorExport
 from convnext_dense.deploy.errors import ExportError
 from convnext_dense.deploy.export import export_onnx, graph_output_names
-from convnext_dense.deploy.runtime import ONNXRuntimeDetector, detections_to_samples
+from convnext_dense.deploy.runtime import (
+    ONNXRuntimeDetector,
+    detections_to_samples,
+    load_onnx_model,
+)
 from tests.conftest import run_tool_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,7 +166,8 @@ class Detector:
         return [s.pred_instances for s in samples]
 
     def onnx_predictions(self, data: dict) -> list:
-        runtime = load_inference_model(self.cfg, str(self.onnx_file))  # as tools/test.py
+        runtime = load_inference_model(self.cfg, str(self.onnx_file),  # as tools/infer.py
+                                       load_onnx=load_onnx_model)
         assert isinstance(runtime, ONNXRuntimeDetector)
         return [s.pred_instances for s in runtime.test_step(copy.deepcopy(data))]
 

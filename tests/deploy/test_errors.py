@@ -12,7 +12,7 @@ from mmengine.config import Config
 from convnext_dense.apis.models import build_model
 from convnext_dense.checkpoint.errors import CheckpointError
 from convnext_dense.deploy.export import ExportError, export_onnx, task_of
-from convnext_dense.deploy.runtime import ExportedModelMismatch
+from convnext_dense.deploy.runtime import ExportedModelMismatch, load_onnx_model, use_onnx_runtime
 from tests.conftest import run_tool_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,20 +86,19 @@ def test_onnx_of_another_task_is_refused_by_test_and_infer(tmp_path, seg_export)
         result.stderr)
     with pytest.raises(ExportedModelMismatch, match=r"inputs \['input'\] and outputs "
                                                     r"\['seg_logits'\]; a detection model"):
-        from convnext_dense.apis.inference import load_inference_model
-        load_inference_model(Config.fromfile(DET_DEMO), str(seg_export))
+        load_onnx_model(Config.fromfile(DET_DEMO), str(seg_export))
 
 
 def test_onnx_with_other_classes_is_refused(tmp_path, seg_export):
-    from convnext_dense.apis.inference import load_inference_model
     cfg = Config.fromfile(SEG_DEMO)
     cfg.model.decode_head.num_classes = 7
     with pytest.raises(ExportedModelMismatch, match=r'exported with 6 classes .*deploy\.json\), '
                                                     r"the config's model has 7"):
-        load_inference_model(cfg, str(seg_export))
+        load_onnx_model(cfg, str(seg_export))
 
 
 def test_onnx_with_tta_is_refused(tmp_path, seg_export):
     from convnext_dense.apis.runner import prepare_test_cfg
     with pytest.raises(ValueError, match='an exported model is tested as exported'):
-        prepare_test_cfg(SEG_DEMO, str(seg_export), str(tmp_path), tta=True)
+        prepare_test_cfg(SEG_DEMO, str(seg_export), str(tmp_path), tta=True,
+                         onnx_runtime=use_onnx_runtime)

@@ -23,11 +23,15 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
 
 from convnext_dense.apis.models import build_model
-from convnext_dense.apis.runner import load_config, use_onnx_runtime
+from convnext_dense.apis.runner import load_config
 from convnext_dense.demo.data import make_ade20k_dataset
 from convnext_dense.demo.run import data_root_options
 from convnext_dense.deploy.export import export_onnx
-from convnext_dense.deploy.runtime import ExportedModelMismatch, ONNXRuntimeSegmentor
+from convnext_dense.deploy.runtime import (
+    ExportedModelMismatch,
+    ONNXRuntimeSegmentor,
+    use_onnx_runtime,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SEG_DEMO = str(REPO / 'configs/demo/upernet_convnext_demo.py')
