@@ -36,7 +36,7 @@ from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from torch import nn
 
-from ..models.backbone import NUM_STAGES
+from ..arch import NUM_STAGES
 
 DECAY_TYPES = ('layer_wise', 'stage_wise')
 #: Prefix that DistributedDataParallel (and mmengine's wrappers) put before parameter names.

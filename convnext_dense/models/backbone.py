@@ -12,14 +12,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..arch import (  # noqa: F401  (re-exported: the arch table's historic home)
-    ARCH_SETTINGS,
-    MIN_INPUT_SIZE,
-    NUM_STAGES,
-    STAGE_STRIDES,
-    resolve_arch,
-    stage_strides_and_dilations,
-)
+from ..arch import NUM_STAGES, resolve_arch, stage_strides_and_dilations
 from ..checkpoint.convert import load_pretrained
 from .layers import ConvNeXtBlock, DilatedDownsampleConv2d, LayerNorm2d
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from convnext_dense.arch import ARCH_SETTINGS
 from convnext_dense.benchmark import measure
 from convnext_dense.benchmark.baselines import Variant
 from convnext_dense.benchmark.measure import (
@@ -16,7 +17,6 @@ from convnext_dense.benchmark.measure import (
     peak_memory,
     time_interleaved,
 )
-from convnext_dense.models.backbone import ARCH_SETTINGS
 
 
 def convnext_macs(arch: str, batch: int, height: int, width: int) -> tuple[int, int]:

@@ -35,7 +35,7 @@ def session(onnx_file: Path) -> ort.InferenceSession:
 
 def narrow_options(cfg: Config) -> dict:
     """The config's depths and heads with a backbone of 1/4 of its widths (CI time)."""
-    from convnext_dense.models.backbone import ARCH_SETTINGS
+    from convnext_dense.arch import ARCH_SETTINGS
     arch = ARCH_SETTINGS[cfg.model.backbone.arch]
     dims = [d // 4 for d in arch['dims']]
     options = {'model.backbone.arch': None, 'model.backbone.depths': list(arch['depths']),

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from convnext_dense import ARCH_SETTINGS, ConvNeXt
-from convnext_dense.models.backbone import STAGE_STRIDES
+from convnext_dense.arch import STAGE_STRIDES
 from tests.conftest import randomize_, relative_error
 
 INPUT_SIZES = [(32, 32), (65, 47), (224, 160)]
