@@ -58,12 +58,16 @@ def dist_train(tmp_path: Path, config_lines: str, iterations: int = 1,
                 f'model.neck.in_channels={as_option(ATTO_DIMS[i] for i in out_indices)}']
     config = tmp_path / 'overlay.py'
     config.write_text(f'_base_ = [{str(CONFIG)!r}]\n{config_lines}\n')
-    env = dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1')
+    # faulthandler: a crashing rank prints every thread's stack into the log
+    env = dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1', PYTHONFAULTHANDLER='1')
     result = subprocess.run(
         ['tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir), '--cfg-options',
          *options], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     log = result.stdout + result.stderr
+    (tmp_path / 'dist_train.log').write_text(log)  # kept by pytest for a failed run
     assert result.returncode == 0, log[-5000:]
+    # tools/train.py ends the gloo group before exiting (engine/dist.py says why)
+    assert 'Destroyed the process group (gloo, 2 ranks)' in log, log[-5000:]
     assert 'distributed training with gloo on the CPU' in log
     assert 'Distributed launcher: pytorch' in log and 'Distributed training: True' in log
     assert 'GPU number: 2' in log  # mmengine's name for the world size

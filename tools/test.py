@@ -21,6 +21,7 @@ from convnext_dense.apis.runner import (
     prepare_test_cfg,
 )
 from convnext_dense.deploy.runtime import use_onnx_runtime  # registers the ONNX Runtime models
+from convnext_dense.engine.dist import destroy_process_group_after_success
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,15 +37,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = prepare_test_cfg(args.config, args.checkpoint, args.work_dir, args.show_dir,
-                               args.tta, args.cfg_options, args.launcher,
-                               onnx_runtime=use_onnx_runtime)
-        runner = build_runner(cfg)  # an end2end.onnx is opened and checked here
-    except (DatasetNotFoundError, FileNotFoundError, ImportError, ValueError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
-    metrics = runner.test()
+    # the process group that build_runner (or mmengine) initialises ends with the run
+    with destroy_process_group_after_success():
+        try:
+            cfg = prepare_test_cfg(args.config, args.checkpoint, args.work_dir, args.show_dir,
+                                   args.tta, args.cfg_options, args.launcher,
+                                   onnx_runtime=use_onnx_runtime)
+            runner = build_runner(cfg)  # an end2end.onnx is opened and checked here
+        except (DatasetNotFoundError, FileNotFoundError, ImportError, ValueError) as exc:
+            print(f'error: {exc}', file=sys.stderr)
+            return 1
+        metrics = runner.test()
     print({k: round(float(v), 4) if isinstance(v, numbers.Real) else v
            for k, v in metrics.items()})
     return 0

@@ -14,6 +14,7 @@ from convnext_dense.apis.runner import (
     build_runner,
     prepare_train_cfg,
 )
+from convnext_dense.engine.dist import destroy_process_group_after_success
 from convnext_dense.engine.work_dir_lock import WorkDirBusyError
 
 
@@ -44,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f'error: {exc}', file=sys.stderr)
         return 1
     try:
-        runner = build_runner(cfg, for_training=True)
+        # the process group that build_runner (or mmengine) initialises ends with the run
+        with destroy_process_group_after_success():
+            build_runner(cfg, for_training=True).train()
     except WorkDirBusyError as exc:  # another run trains into this work_dir
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    runner.train()
     return 0
 
 
