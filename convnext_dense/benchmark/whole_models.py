@@ -114,7 +114,8 @@ def pair_configs(pair: WholeModelPair, size: Size) -> tuple[str, ConfigDict, Con
     configs pad to the crop size)."""
     from mmengine.config import ConfigDict
 
-    from ..apis.runner import load_config, toolbox_of
+    from ..apis.runner import load_config
+    from ..apis.toolbox import toolbox_of
     cfg = load_config(pair.config)
     model = copy.deepcopy(cfg.model)
     model.backbone.pop('init_cfg', None)
