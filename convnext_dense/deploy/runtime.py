@@ -2,11 +2,12 @@
 
 :class:`ONNXRuntimeDetector` and :class:`ONNXRuntimeSegmentor` are mmengine models: the
 config's own data preprocessor prepares the batch, ONNX Runtime runs ``end2end.onnx``, and the
-outputs become mmdet's/mmseg's data samples at the original image size (boxes rescaled and
-clipped, masks pasted with mmdet's ``_do_paste_mask``; logits resized, cropped and resized to
-the original size before the argmax by mmseg's own post-processing), so mmengine's Runner
-evaluates them with the config's evaluator and the visualizers draw them. Importing
-:mod:`convnext_dense.deploy` registers them in mmdet's/mmseg's model registries.
+outputs become mmdet's/mmseg's data samples at the original image size (boxes, which the graph
+clipped to each image's ``img_shape``, rescaled; masks pasted with mmdet's ``_do_paste_mask``;
+logits resized, cropped and resized to the original size before the argmax by mmseg's own post-
+processing), so mmengine's Runner evaluates them with the config's evaluator and the
+visualizers draw them. Importing :mod:`convnext_dense.deploy` registers them in mmdet's/mmseg's
+model registries.
 
 :func:`use_onnx_runtime` (a test config) and :func:`load_onnx_model` (inference) are what the
 tools hand to :mod:`convnext_dense.apis` for an ``.onnx``: the apis layer does not import
