@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch.distributed as dist
+from mmengine.logging import MMLogger
 
 from convnext_dense.engine.dist import destroy_process_group_after_success
 
@@ -13,6 +14,9 @@ def init_single_process_group(tmp_path) -> None:
 
 
 def test_a_group_created_in_the_block_is_destroyed_when_it_succeeds(tmp_path, capsys):
+    # a logger of this test's own as mmengine's current one: the current instance an earlier
+    # test made writes to that test's captured stdout
+    MMLogger.get_instance(f'test_dist_{tmp_path.name}', log_level='INFO')
     with destroy_process_group_after_success():
         init_single_process_group(tmp_path)
         out = [None]
