@@ -53,11 +53,14 @@ demo-export: setup
 	$(PY) tools/demo.py det --export --work-dir work_dirs/demo
 	$(PY) tools/demo.py seg --export --work-dir work_dirs/demo
 
+# The suite runs on every core (pytest-xdist; whole test files per worker, so a file's shared
+# fixtures are built once); tests/conftest.py splits torch's threads between the workers.
+XDIST := -n auto --dist loadfile
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

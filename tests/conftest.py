@@ -5,6 +5,7 @@ import contextlib
 import functools
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,23 @@ def _parse_each_metafile_once() -> None:
 
 
 _parse_each_metafile_once()
+
+
+def _share_the_cores_between_xdist_workers() -> None:
+    """Give each pytest-xdist worker its share of the cores, for torch and for the tools it runs.
+
+    Two workers each running torch with one thread per core would put twice as many busy
+    threads as cores on the machine (OpenMP threads spin while they wait): slower than one
+    worker. The environment variable reaches the tools and training processes the tests start.
+    """
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ['OMP_NUM_THREADS'] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_the_cores_between_xdist_workers()
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
