@@ -14,9 +14,19 @@ With ``L = num_layers``, the layer id of a parameter is (layer_wise / stage_wise
 - ``backbone.stages.3.*``: L / 4
 - everything else (the backbone's output norms ``backbone.norm{i}``, neck, heads): L + 1 / L + 1
 
-A parameter with id ``i`` gets the learning rate ``lr * decay_rate ** (L + 1 - i)``;
-1-D parameters and names ending in ``.bias`` get weight decay 0, all others the
-optimizer's ``weight_decay``. Frozen parameters are left out.
+A parameter with id ``i`` gets the learning rate ``lr * decay_rate ** (L + 1 - i)``.
+Weight decay 0 goes to 1-D parameters and names ending in ``.bias`` (the V1 release's
+rule; V1's layer scale ``gamma`` is 1-D) and to ConvNeXt V2's GRN parameters, names
+ending in ``.grn.gamma`` / ``.grn.beta`` (shape ``(1, 1, 1, C)``; the V2 release's
+``optim_factory.py`` exempts them by name); all others get the optimizer's
+``weight_decay``. Frozen parameters are left out.
+
+Per part of the model (a module path such as ``backbone`` or ``bbox_head``),
+``paramwise_cfg.part_weight_decay`` sets another weight decay, and
+``no_decay_rule_parts`` limits the zero-decay rule above to the parts listed: the
+parameters of every other part, 1-D ones included, decay at their weight decay, as
+mmengine's default constructor does (DINO's recipe, for instance, decays every
+parameter of its transformer at 1e-4).
 
 Under FSDP (``use_orig_params=True``) each rank holds its original parameters as
 flat 1-D shards; "1-D" then means 1-D in the original, unsharded shape, which
@@ -24,6 +34,7 @@ flat 1-D shards; "1-D" then means 1-D in the original, unsharded shape, which
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from numbers import Real
@@ -48,7 +59,12 @@ STAGES_PREFIX = 'backbone.stages.'
 
 
 #: paramwise_cfg keys of this constructor.
-DECAY_KEYS = ('decay_rate', 'decay_type', 'num_layers')
+DECAY_KEYS = ('decay_rate', 'decay_type', 'num_layers', 'part_weight_decay',
+              'no_decay_rule_parts')
+#: Name endings of ConvNeXt V2's GRN parameters, which get no weight decay (V2 release).
+GRN_SUFFIXES = ('.grn.gamma', '.grn.beta')
+#: A part of the model: a module path of dot-separated names.
+PART_PATTERN = re.compile(r'[A-Za-z_]\w*(\.\w+)*')
 #: paramwise_cfg keys of mmengine's DefaultOptimWrapperConstructor honoured on top of the decay.
 HONOURED_KEYS = ('custom_keys', 'bypass_duplicate')
 #: paramwise_cfg keys of mmengine's DefaultOptimWrapperConstructor that conflict with the rule.
@@ -219,14 +235,47 @@ def get_lr_scale(layer_id: int, num_layers: int, decay_rate: float) -> float:
 
 
 def is_no_decay(name: str, shape: torch.Size | nn.Parameter) -> bool:
-    """True for parameters without weight decay: 1-D tensors and names ending in ``.bias``.
+    """True for parameters without weight decay under the official rule.
 
-    ``shape`` is the parameter's original shape (:func:`original_param_shapes`), or the
-    parameter itself when it is not sharded.
+    Those are 1-D tensors and names ending in ``.bias`` (the V1 release), and ConvNeXt
+    V2's GRN ``gamma``/``beta`` (names ending in ``.grn.gamma``/``.grn.beta``, shape
+    ``(1, 1, 1, C)``; the V2 release's ``optim_factory.py``). ``shape`` is the
+    parameter's original shape (:func:`original_param_shapes`), or the parameter itself
+    when it is not sharded.
     """
     if isinstance(shape, torch.Tensor):
         shape = shape.shape
-    return len(shape) == 1 or name.endswith('.bias')
+    return len(shape) == 1 or name.endswith('.bias') or name.endswith(GRN_SUFFIXES)
+
+
+def part_of(name: str, parts: Iterable[str]) -> str | None:
+    """The part among ``parts`` (module paths) that parameter ``name`` lies in, or None.
+
+    ``backbone`` holds ``backbone.x`` (and a parameter named ``backbone``), not
+    ``backbone2.x``.
+    """
+    for part in parts:
+        if name == part or name.startswith(part + '.'):
+            return part
+    return None
+
+
+def check_parts(parts: Any, key: str) -> None:
+    """Raise ``ValueError`` unless ``parts`` are distinct, non-nested module paths.
+
+    ``key`` names the setting in the message (``paramwise_cfg.part_weight_decay``).
+    """
+    for part in parts:
+        if not isinstance(part, str) or not PART_PATTERN.fullmatch(part):
+            raise ValueError(f'{key}: each part must be a module path such as \'backbone\' or '
+                             f"'bbox_head.cls_branches', got {part!r}")
+    for part in parts:
+        inner = [p for p in parts if p != part and part_of(p, [part])]
+        if inner:
+            raise ValueError(f'{key}: {inner[0]!r} lies inside {part!r}, so its parameters '
+                             'would be in two parts; name parts that do not nest')
+    if len(set(parts)) != len(parts):
+        raise ValueError(f'{key}: a part is named twice in {list(parts)!r}')
 
 
 @dataclass
@@ -236,6 +285,8 @@ class _Group:
     lr: float
     weight_decay: float
     custom_key: str | None
+    #: The ``part_weight_decay`` part the parameters lie in, if any.
+    part: str | None = None
     params: list[nn.Parameter] = field(default_factory=list)
     #: Number of elements of the parameters in their original (unsharded) shapes.
     numel: int = 0
@@ -251,11 +302,15 @@ class _Group:
 def _format_table(groups: Iterable[_Group], header: str) -> str:
     groups = list(groups)
     with_keys = any(g.custom_key is not None for g in groups)
+    with_parts = any(g.part is not None for g in groups)
     lines = [header, f'{"layer":>5}  {"lr scale":>9}  {"lr":>10}  {"weight decay":>12}  '
-             f'{"tensors":>7}  {"params":>11}' + ('  custom key' if with_keys else '')]
+             f'{"tensors":>7}  {"params":>11}' + ('  part' if with_parts else '')
+             + ('  custom key' if with_keys else '')]
     for g in groups:
         line = (f'{g.layer_id:>5}  {g.lr_scale:>9.4f}  {g.lr:>10.3e}  {g.weight_decay:>12.4g}  '
                 f'{len(g.params):>7}  {g.numel:>11,}')
+        if with_parts:
+            line += f'  {g.part or "-"}'
         if with_keys:
             line += f'  {g.custom_key or "-"}'
         lines.append(line)
@@ -278,16 +333,23 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     - ``decay_rate`` (float in (0, 1], required), ``num_layers`` (int >= 1,
       required), ``decay_type`` (``'layer_wise'``, the default, or ``'stage_wise'``):
       the rule of :func:`get_layer_id` and :func:`get_lr_scale`.
+    - ``part_weight_decay``: ``{part: weight_decay}``, where a part is a module path
+      (``'backbone'``, ``'bbox_head'``): the parameters in it decay at that value in place
+      of ``optimizer.weight_decay``.
+    - ``no_decay_rule_parts``: parts (module paths) to which the zero-decay rule (1-D,
+      ``.bias``, GRN) is limited; every parameter of the other parts decays at its weight
+      decay. Default: the rule applies to the whole model.
     - ``custom_keys``: ``{substring: dict(lr_mult=..., decay_mult=...)}``; as in
       mmengine, the longest key contained in a parameter's name applies, and its
-      multipliers are applied on top of the decay.
+      multipliers are applied on top of the decay and of the part's weight decay.
     - ``bypass_duplicate=True`` is accepted: a parameter shared by several
       modules is always put in one group only.
 
     mmengine's other keys (``bias_lr_mult``, ``norm_decay_mult``, ...) are
     rejected: the rule already decides the weight decay of norms and biases.
     A ``num_layers`` below the largest id of the backbone (e.g. 6 with
-    ConvNeXt-S, whose stage-2 blocks reach id 11) is rejected too.
+    ConvNeXt-S, whose stage-2 blocks reach id 11) is rejected too, and so are parts
+    that nest (``backbone`` and ``backbone.stages``) or that hold no parameter of the model.
     """
 
     def _validate_cfg(self) -> None:
@@ -325,6 +387,22 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
                 if not _is_number(mult) or mult < 0:
                     raise ValueError(f'paramwise_cfg.custom_keys[{key!r}].{field_name} must be '
                                      f'a number >= 0, got {mult!r}')
+        if 'part_weight_decay' in cfg:
+            part_wd = cfg['part_weight_decay']
+            if not isinstance(part_wd, Mapping) or not part_wd:
+                raise ValueError('paramwise_cfg.part_weight_decay must be a non-empty dict '
+                                 f'{{part: weight_decay}}, got {part_wd!r}')
+            check_parts(list(part_wd), 'paramwise_cfg.part_weight_decay')
+            for part, value in part_wd.items():
+                if not _is_number(value) or value < 0:
+                    raise ValueError(f'paramwise_cfg.part_weight_decay[{part!r}] must be a '
+                                     f'number >= 0, got {value!r}')
+        if 'no_decay_rule_parts' in cfg:
+            rule_parts = cfg['no_decay_rule_parts']
+            if not isinstance(rule_parts, (list, tuple)) or not rule_parts:
+                raise ValueError('paramwise_cfg.no_decay_rule_parts must be a non-empty list of '
+                                 f"parts such as ('backbone',), got {rule_parts!r}")
+            check_parts(list(rule_parts), 'paramwise_cfg.no_decay_rule_parts')
         if not _is_number(self.base_lr) or self.base_lr <= 0:
             raise ValueError(f'optimizer.lr must be a positive number for {name}, '
                              f'got {self.base_lr!r}')
@@ -346,6 +424,26 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     def decay_type(self) -> str:
         """``'layer_wise'`` or ``'stage_wise'``."""
         return self.paramwise_cfg.get('decay_type', 'layer_wise')
+
+    @property
+    def part_weight_decay(self) -> dict[str, float]:
+        """``{part: weight decay}`` in place of the optimizer's (``paramwise_cfg``)."""
+        return dict(self.paramwise_cfg.get('part_weight_decay', {}))
+
+    @property
+    def no_decay_rule_parts(self) -> tuple[str, ...] | None:
+        """Parts the zero-decay rule is limited to; None: the whole model."""
+        parts = self.paramwise_cfg.get('no_decay_rule_parts')
+        return None if parts is None else tuple(parts)
+
+    def weight_decay_of(self, name: str,
+                        shape: torch.Size | nn.Parameter) -> tuple[float, str | None]:
+        """(weight decay before ``custom_keys``' ``decay_mult``, part) of parameter ``name``."""
+        part = part_of(name, self.part_weight_decay)
+        rule_parts = self.no_decay_rule_parts
+        if (rule_parts is None or part_of(name, rule_parts)) and is_no_decay(name, shape):
+            return 0.0, part
+        return self.part_weight_decay.get(part, self.base_wd), part
 
     def _custom_key(self, name: str) -> str | None:
         """The longest ``custom_keys`` entry contained in ``name`` (ties: alphabetical)."""
@@ -377,6 +475,14 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
                 f'{self.decay_type} id {worst_id} > num_layers, so its lr would exceed '
                 f'the layers above it; expected num_layers >= {worst_id} (the official recipes '
                 'use 6 for ConvNeXt-T and 12 for S/B/L/XL)')
+        for key in ('part_weight_decay', 'no_decay_rule_parts'):
+            for part in self.paramwise_cfg.get(key, ()):
+                if not any(part_of(n, [part]) for n in names):
+                    tops = sorted({n.split('.')[0] for n in names})
+                    raise ValueError(
+                        f'paramwise_cfg.{key}: {part!r} holds no parameter of '
+                        f'{type(model).__name__}; its parts are {", ".join(tops)} (and the '
+                        'modules inside them)')
 
     #: Original parameter shapes of the model given to ``__call__`` (see there).
     _param_shapes: dict[str, torch.Size] | None = None
@@ -395,7 +501,7 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
 
     def add_params(self, params: list[dict], module: nn.Module, prefix: str = '',
                    is_dcn_module: int | float | None = None) -> None:
-        """Append one param group per (layer id, decay/no decay, custom key) to ``params``.
+        """Append one param group per (layer id, part, decay/no decay, custom key) to ``params``.
 
         Weight decay follows each parameter's original shape, also under FSDP, where
         every rank holds 1-D shards. ``prefix`` and ``is_dcn_module`` exist for
@@ -407,26 +513,26 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             shapes = original_param_shapes(module)
         self._check_model(module, [n for n, _ in named])
         custom_keys = self.paramwise_cfg.get('custom_keys', {})
-        groups: dict[tuple[int, bool, str | None], _Group] = {}
+        groups: dict[tuple[int, str | None, float, str | None], _Group] = {}
         for name, param in named:
             if not param.requires_grad:
                 continue
             layer_id = get_layer_id(name, self.num_layers, self.decay_type)
-            no_decay = is_no_decay(name, shapes[name])
+            weight_decay, part = self.weight_decay_of(name, shapes[name])
             key = self._custom_key(name)
-            group = groups.get((layer_id, no_decay, key))
+            group = groups.get((layer_id, part, weight_decay, key))
             if group is None:
                 mults = custom_keys.get(key, {})
                 scale = get_lr_scale(layer_id, self.num_layers, self.decay_rate)
-                group = groups[(layer_id, no_decay, key)] = _Group(
+                group = groups[(layer_id, part, weight_decay, key)] = _Group(
                     layer_id=layer_id, lr_scale=scale,
                     lr=self.base_lr * scale * mults.get('lr_mult', 1.0),
-                    weight_decay=0.0 if no_decay else self.base_wd * mults.get('decay_mult', 1.0),
-                    custom_key=key)
+                    weight_decay=weight_decay * mults.get('decay_mult', 1.0),
+                    custom_key=key, part=part)
             group.params.append(param)
             group.numel += shapes[name].numel()
-        ordered = sorted(groups.values(),
-                         key=lambda g: (g.layer_id, g.custom_key or '', -g.weight_decay))
+        ordered = sorted(groups.values(), key=lambda g: (
+            g.layer_id, g.part or '', g.custom_key or '', -g.weight_decay))
         params.extend(g.as_param_group() for g in ordered)
         if get_rank() == 0:
             header = (f'{type(self).__name__}: {self.decay_type} decay, decay_rate='

@@ -61,13 +61,28 @@ def expected_id(name: str, num_layers: int, decay_type: str) -> int:
     return num_layers + 1
 
 
+# ConvNeXt V2's GRN gamma/beta, shape (1, 1, 1, C): no weight decay. The V2 release
+# (facebookresearch/ConvNeXt-V2, optim_factory.py, get_parameter_groups) exempts names ending
+# in `.gamma`/`.beta` besides 1-D tensors and biases; in this backbone only GRN's are not 1-D
+# (V1's layer scale `gamma` is (C,)), so the rule here names GRN's exactly.
+GRN_PARAM = re.compile(r'.*\.grn\.(gamma|beta)')
+
+
+def in_part(name: str, part: str) -> bool:
+    return name == part or name.startswith(part + '.')
+
+
 def expected_lr_wd(name: str, shape: torch.Size, cfg: dict) -> tuple[float, float]:
     pw, opt = cfg['paramwise_cfg'], cfg['optimizer']
     layers = pw['num_layers']
     layer = expected_id(name, layers, pw['decay_type'])
     lr = opt['lr'] * pw['decay_rate'] ** (layers + 2 - layer - 1)
-    no_decay = len(shape) == 1 or name.endswith('.bias')
-    return lr, 0.0 if no_decay else opt['weight_decay']
+    parts = pw.get('part_weight_decay', {})
+    wd = next((v for part, v in parts.items() if in_part(name, part)), opt['weight_decay'])
+    rule_parts = pw.get('no_decay_rule_parts')
+    under_rule = rule_parts is None or any(in_part(name, part) for part in rule_parts)
+    no_decay = len(shape) == 1 or name.endswith('.bias') or GRN_PARAM.fullmatch(name)
+    return lr, 0.0 if under_rule and no_decay else wd
 
 
 def groups_by_param(optim_wrapper: OptimWrapper) -> dict[int, list[dict]]:
@@ -153,9 +168,9 @@ def upernet(tmp_path_factory) -> nn.Module:
 class Toy(nn.Module):
     """The smallest 'detector': a ConvNeXt backbone, a shared head."""
 
-    def __init__(self, arch: str) -> None:
+    def __init__(self, arch: str, **backbone) -> None:
         super().__init__()
-        self.backbone = ConvNeXt(arch=arch)
+        self.backbone = ConvNeXt(arch=arch, **backbone)
         self.head = nn.Linear(4, 2)
         self.head_alias = self.head  # one parameter reachable under two names
 
@@ -231,9 +246,12 @@ def test_lr_scale_and_weight_decay_rule():
     assert layer_decay.is_no_decay('backbone.stages.0.0.gamma', nn.Parameter(torch.ones(4)))
     assert layer_decay.is_no_decay('neck.conv.bias', nn.Parameter(torch.ones(4, 4)))
     assert not layer_decay.is_no_decay('neck.conv.weight', nn.Parameter(torch.ones(4, 4)))
-    # ConvNeXt V2's GRN parameters are (1, 1, 1, C): decayed, as in the official rule.
-    assert not layer_decay.is_no_decay('backbone.stages.0.0.grn.beta',
-                                       nn.Parameter(torch.ones(1, 1, 1, 4)))
+    # ConvNeXt V2's GRN parameters are (1, 1, 1, C): no decay, by name (GRN_PARAM's source)
+    for name in ('backbone.stages.0.0.grn.beta', 'module.backbone.stages.3.2.grn.gamma'):
+        assert layer_decay.is_no_decay(name, nn.Parameter(torch.ones(1, 1, 1, 4)))
+    # only GRN's: other >= 2-D `gamma`/`beta` parameters are decayed
+    assert not layer_decay.is_no_decay('roi_head.attn.gamma', nn.Parameter(torch.ones(4, 4)))
+    assert not layer_decay.is_no_decay('backbone.stages.0.0.beta', torch.Size([1, 1, 1, 4]))
     # shapes, as original_param_shapes gives them
     assert not layer_decay.is_no_decay('neck.conv.weight', torch.Size([4, 4, 3, 3]))
     assert layer_decay.is_no_decay('neck.norm.weight', torch.Size([4]))
@@ -469,6 +487,92 @@ def test_custom_keys_multiply_on_top(mask_rcnn):
     assert len(found) == sum(p.requires_grad for p in mask_rcnn.parameters())
 
 
+def test_convnext_v2_grn_gets_no_weight_decay():
+    """The V2 release's rule (GRN_PARAM): GRN gamma/beta in weight decay 0 groups."""
+    model = Toy('atto', use_grn=True, layer_scale_init_value=0.0)
+    optim_wrapper = build_wrapper(model, MASK_RCNN_T_OPTIM, 'mmdet')
+    check_rule(model, optim_wrapper, MASK_RCNN_T_OPTIM)
+    found = groups_by_param(optim_wrapper)
+    grn = [(n, p) for n, p in model.named_parameters() if GRN_PARAM.fullmatch(n)]
+    assert len(grn) == 2 * sum((2, 2, 6, 2))  # gamma and beta in every block of atto
+    for name, param in grn:
+        assert param.dim() == 4 and found[id(param)][0]['weight_decay'] == 0.0, name
+    # the blocks' convolutions keep the optimizer's weight decay
+    block = model.backbone.stages[2][0]
+    assert found[id(block.pwconv1.weight)][0]['weight_decay'] == 0.05
+
+
+# DINO's split (configs/dino_4scale_convnext_t_coco.py) on Mask R-CNN: the optimizer's weight
+# decay outside the backbone on every parameter, the backbone's own with the zero-decay rule.
+PARTS_OPTIM = optim_cfg(
+    MASK_RCNN_T_OPTIM, wrapper=dict(optimizer=dict(type='AdamW', lr=1e-4, weight_decay=1e-4)),
+    part_weight_decay=dict(backbone=0.05), no_decay_rule_parts=('backbone',))
+
+
+def test_part_weight_decay(mask_rcnn):
+    optim_wrapper = build_wrapper(mask_rcnn, PARTS_OPTIM, 'mmdet')
+    check_rule(mask_rcnn, optim_wrapper, PARTS_OPTIM)
+    found = groups_by_param(optim_wrapper)
+    names = dict(mask_rcnn.named_parameters())
+
+    def lr_wd(name):
+        group = found[id(names[name])][0]
+        return group['lr'], group['weight_decay']
+
+    assert lr_wd('backbone.stages.3.0.pwconv1.weight') == (pytest.approx(1e-4 * 0.95), 0.05)
+    assert lr_wd('backbone.stages.3.0.pwconv1.bias') == (pytest.approx(1e-4 * 0.95), 0.0)
+    assert lr_wd('backbone.norm3.weight') == (pytest.approx(1e-4), 0.0)
+    assert lr_wd('neck.fpn_convs.0.conv.weight') == (pytest.approx(1e-4), 1e-4)
+    assert lr_wd('neck.fpn_convs.0.conv.bias') == (pytest.approx(1e-4), 1e-4)  # outside the rule
+    assert lr_wd('rpn_head.rpn_conv.bias') == (pytest.approx(1e-4), 1e-4)
+
+
+def test_part_weight_decay_nested_part_and_custom_keys(mask_rcnn):
+    """A part deeper in the model; the rule everywhere (no no_decay_rule_parts); decay_mult on
+    top of the part's weight decay."""
+    cfg = optim_cfg(MASK_RCNN_T_OPTIM, part_weight_decay={'roi_head.mask_head': 0.01},
+                    custom_keys={'mask_head.convs.0': dict(decay_mult=0.5)})
+    optim_wrapper = build_wrapper(mask_rcnn, cfg, 'mmdet')
+    found = groups_by_param(optim_wrapper)
+    for name, param in mask_rcnn.named_parameters():
+        if not param.requires_grad:
+            continue
+        lr, wd = expected_lr_wd(name, param.shape, cfg)
+        if 'mask_head.convs.0.' in name:
+            wd *= 0.5
+        assert found[id(param)][0]['weight_decay'] == pytest.approx(wd), name
+    names = dict(mask_rcnn.named_parameters())
+    wd_of = {n: found[id(names[n])][0]['weight_decay'] for n in (
+        'roi_head.mask_head.convs.1.conv.weight', 'roi_head.mask_head.convs.0.conv.weight',
+        'roi_head.mask_head.convs.1.conv.bias', 'roi_head.bbox_head.shared_fcs.0.weight')}
+    assert wd_of == {'roi_head.mask_head.convs.1.conv.weight': 0.01,
+                     'roi_head.mask_head.convs.0.conv.weight': pytest.approx(0.005),
+                     'roi_head.mask_head.convs.1.conv.bias': 0.0,
+                     'roi_head.bbox_head.shared_fcs.0.weight': 0.05}
+
+
+def test_part_weight_decay_table_names_the_part(mask_rcnn):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = MMLogger.get_instance('test_layer_decay_parts_table')
+    logger.addHandler(handler)
+    try:
+        optim_wrapper = build_wrapper(mask_rcnn, PARTS_OPTIM, 'mmdet')
+    finally:
+        logger.removeHandler(handler)
+    (record,) = [r for r in records if r.module == 'layer_decay']
+    lines = record.getMessage().splitlines()
+    assert lines[1].split()[-1] == 'part'
+    rows = [line.split() for line in lines[2:]]
+    assert len(rows) == len(optim_wrapper.optimizer.param_groups)
+    # (layer, weight decay, part): backbone layers 2..6 (frozen stem and stage 0), its output
+    # norms at 7, and everything else at 7 with 1e-4
+    assert {(int(r[0]), float(r[3]), r[6]) for r in rows} == {
+        *((layer, wd, 'backbone') for layer in range(2, 7) for wd in (0.0, 0.05)),
+        (7, 0.0, 'backbone'), (7, 1e-4, '-')}
+
+
 # --- training steps --------------------------------------------------------------------------
 
 def train_step_moves_each_group_by_its_lr(model: nn.Module, optim_wrapper: OptimWrapper,
@@ -541,6 +645,33 @@ def test_upernet_training_step_with_amp_optim_wrapper(tmp_path, monkeypatch):
     (dict(custom_keys={'neck': dict(lr_mult=-1)}), "custom_keys['neck'].lr_mult must be"),
     (dict(custom_keys={'neck': dict(momentum=0.9)}),
      "custom_keys['neck'] may set lr_mult and decay_mult only, got 'momentum'"),
+    (dict(part_weight_decay={}), 'paramwise_cfg.part_weight_decay must be a non-empty dict'),
+    (dict(part_weight_decay=0.05), 'paramwise_cfg.part_weight_decay must be a non-empty dict'),
+    (dict(part_weight_decay={'backbone': -1}),
+     "paramwise_cfg.part_weight_decay['backbone'] must be a number >= 0, got -1"),
+    (dict(part_weight_decay={'backbone': '1e-4'}),
+     "paramwise_cfg.part_weight_decay['backbone'] must be a number >= 0, got '1e-4'"),
+    (dict(part_weight_decay={'backbone.': 0.05}),
+     "paramwise_cfg.part_weight_decay: each part must be a module path such as 'backbone' or "
+     "'bbox_head.cls_branches', got 'backbone.'"),
+    (dict(part_weight_decay={'': 0.05}), "must be a module path such as 'backbone'"),
+    (dict(part_weight_decay={'backbone': 0.05, 'backbone.stages': 0.0}),
+     "paramwise_cfg.part_weight_decay: 'backbone.stages' lies inside 'backbone', so its "
+     'parameters would be in two parts; name parts that do not nest'),
+    (dict(part_weight_decay={'bakbone': 0.05}),
+     "paramwise_cfg.part_weight_decay: 'bakbone' holds no parameter of MaskRCNN; its parts are "
+     'backbone, neck, roi_head, rpn_head'),
+    (dict(part_weight_decay={'back': 0.05}), "'back' holds no parameter of MaskRCNN"),
+    (dict(no_decay_rule_parts='backbone'),
+     "paramwise_cfg.no_decay_rule_parts must be a non-empty list of parts such as "
+     "('backbone',), got 'backbone'"),
+    (dict(no_decay_rule_parts=()), 'no_decay_rule_parts must be a non-empty list'),
+    (dict(no_decay_rule_parts=('neck', 'neck')),
+     "paramwise_cfg.no_decay_rule_parts: a part is named twice in ['neck', 'neck']"),
+    (dict(no_decay_rule_parts=('roi_head', 'roi_head.bbox_head')),
+     "'roi_head.bbox_head' lies inside 'roi_head'"),
+    (dict(no_decay_rule_parts=('head',)),
+     "paramwise_cfg.no_decay_rule_parts: 'head' holds no parameter of MaskRCNN"),
 ] + [({key: 0.0}, f'paramwise_cfg.{key} is not supported') for key in layer_decay.REJECTED_KEYS])
 def test_bad_paramwise_cfg_is_rejected(mask_rcnn, change, message):
     with pytest.raises(ValueError, match=re.escape(message)):
