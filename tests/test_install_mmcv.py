@@ -1,7 +1,10 @@
 """tools/install_mmcv.py: cache key, C++ standard patch, verification of the ops."""
 from __future__ import annotations
 
+import re
 import sys
+import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,6 +54,8 @@ def test_cache_key_and_ops_follow_gpu_and_toolchain(installer, monkeypatch, tmp_
     py = f'py{sys.version_info.major}{sys.version_info.minor}'
     assert installer.cache_dir('2.1.0') == (
         tmp_path / 'cache' / 'wheels' / f'mmcv-2.1.0_torch-{torch_version}_{flavour}_{py}')
+    assert installer.cache_dir('2.3.6', 'onedl-mmcv') == (
+        tmp_path / 'cache' / 'wheels' / f'onedl-mmcv-2.3.6_torch-{torch_version}_{flavour}_{py}')
     # the flag that build_wheel (FORCE_CUDA) and verify (CUDA kernels) use
     assert installer.torch_info() == (torch_version, cuda, flavour != 'cpu')
     installer.log_ops_choice()
@@ -63,11 +68,13 @@ def test_cache_key_and_ops_follow_gpu_and_toolchain(installer, monkeypatch, tmp_
 def test_install_says_why_a_gpu_machine_gets_cpu_ops(installer, monkeypatch, tmp_path, capsys):
     """The fallback is printed by the installer's entry point, before anything else."""
     fake_torch(monkeypatch, tmp_path, '12.8', gpu=True, nvcc=None)
-    monkeypatch.setattr(installer, 'verify', lambda version, quiet=False: True)
+    monkeypatch.setattr(installer, 'verify', lambda version, quiet=False, dist='mmcv': True)
+    monkeypatch.setattr(installer, 'module_distributions', lambda module: [module])
     installer.install('2.1.0')
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith('[install_mmcv] WARNING: CPU-only ops although a GPU is visible')
-    assert lines[1] == '[install_mmcv] already installed, nothing to do'
+    assert lines[1:] == ['[install_mmcv] mmcv distribution: mmcv 2.1.0',
+                         '[install_mmcv] already installed, nothing to do']
 
 
 def test_cxx_standard_patch(installer, tmp_path):
@@ -101,3 +108,107 @@ def test_sdist_option_rejects_a_missing_or_foreign_file(installer, tmp_path, mon
     other.write_bytes(b'')
     with pytest.raises(installer.InstallError, match='not the source distribution of mmcv 2.1.0'):
         installer.build_wheel('2.1.0', tmp_path / 'wheels', other)
+
+
+@pytest.mark.parametrize('requested, mmcv, mmengine, chosen', [
+    (None, [], [], 'mmcv'),
+    (None, [], ['mmengine'], 'mmcv'),
+    (None, [], ['onedl-mmengine'], 'onedl-mmcv'),
+    (None, ['onedl-mmcv'], ['mmengine'], 'onedl-mmcv'),  # what provides mmcv wins
+    ('onedl-mmcv', [], ['mmengine'], 'onedl-mmcv'),
+    ('onedl-mmcv', ['onedl-mmcv'], ['onedl-mmengine'], 'onedl-mmcv'),
+    ('mmcv', ['mmcv'], [], 'mmcv'),
+])
+def test_choose_distribution(installer, requested, mmcv, mmengine, chosen):
+    assert installer.choose_distribution(requested, mmcv, mmengine) == chosen
+
+
+@pytest.mark.parametrize('requested, mmcv, message', [
+    ('mmcv', ['onedl-mmcv'], 'onedl-mmcv already provides the mmcv module in this environment; '
+                             'installing mmcv would overwrite its files'),
+    ('onedl-mmcv', ['mmcv'], 'mmcv already provides the mmcv module in this environment; '
+                             'installing onedl-mmcv would overwrite its files'),
+    (None, ['mmcv-lite'], 'provided by mmcv-lite; this script builds only mmcv or onedl-mmcv'),
+    ('mmcv', ['mmcv', 'onedl-mmcv'], 'provided by mmcv, onedl-mmcv'),
+    ('mmcv-full', [], "--dist 'mmcv-full' is not supported; choose one of mmcv, onedl-mmcv"),
+])
+def test_another_distribution_is_never_replaced(installer, requested, mmcv, message):
+    with pytest.raises(installer.InstallError, match=re.escape(message)):
+        installer.choose_distribution(requested, mmcv, [])
+
+
+def test_install_refuses_before_running_pip_over_the_other_distribution(installer, monkeypatch):
+    ran = []
+    monkeypatch.setattr(installer, 'module_distributions',
+                        lambda module: {'mmcv': ['onedl-mmcv']}.get(module, []))
+    monkeypatch.setattr(installer, 'run', lambda cmd, **kw: ran.append(cmd))
+    monkeypatch.setattr(installer, 'verify', lambda *a, **kw: pytest.fail('verify ran'))
+    with pytest.raises(installer.InstallError, match='onedl-mmcv already provides'):
+        installer.install(dist='mmcv')
+    assert ran == []
+
+
+def test_install_uses_the_cached_wheel_of_its_own_distribution(installer, monkeypatch, tmp_path,
+                                                               capsys):
+    """Each distribution has its own cache key; the fork's default version is 2.3.6."""
+    monkeypatch.setenv('CONVNEXT_DENSE_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(installer, 'module_distributions',
+                        lambda module: {'mmengine': ['onedl-mmengine']}.get(module, []))
+    for dist, version in installer.DISTRIBUTIONS.items():
+        folder = installer.cache_dir(version, dist)
+        folder.mkdir(parents=True)
+        (folder / f'{dist.replace("-", "_")}-{version}-cp311-cp311-linux_x86_64.whl').touch()
+    checks = []
+
+    def verify(version, quiet=False, dist='mmcv'):
+        checks.append((version, dist))
+        return len(checks) > 1  # not installed yet, then working
+    monkeypatch.setattr(installer, 'verify', verify)
+    ran = []
+    monkeypatch.setattr(installer, 'run', lambda cmd, **kw: ran.append(cmd))
+    installer.install()  # no --dist: onedl-mmengine is installed, so onedl-mmcv
+    assert checks == [('2.3.6', 'onedl-mmcv')] * 2
+    wheel = installer.cache_dir('2.3.6', 'onedl-mmcv') / (
+        'onedl_mmcv-2.3.6-cp311-cp311-linux_x86_64.whl')
+    assert ran[0][-3:] == ['--no-deps', '--force-reinstall', str(wheel)]
+    assert f'using cached wheel {wheel}' in capsys.readouterr().out
+
+
+def _fake_sdist(tmp_path: Path, name: str, folder: str) -> Path:
+    src = tmp_path / 'fake' / folder
+    src.mkdir(parents=True)
+    (src / 'setup.py').write_text("flags = ['-std=c++17', '-O3']\n")
+    sdist = tmp_path / name
+    with tarfile.open(sdist, 'w:gz') as tar:
+        tar.add(src, arcname=folder)
+    return sdist
+
+
+@pytest.mark.parametrize('name', ['onedl_mmcv-2.3.6.tar.gz', 'onedl-mmcv-2.3.6.tar.gz'])
+def test_build_wheel_of_the_fork_from_its_sdist(installer, monkeypatch, tmp_path, name):
+    """The fork's sdist (either spelling) is unpacked, its C++ flags rewritten, and the wheel
+    named after the fork is what lands in the cache."""
+    sdist = _fake_sdist(tmp_path, name, 'onedl_mmcv-2.3.6')
+    monkeypatch.setattr(installer, 'torch_needs_cxx20', lambda: True)
+    seen = {}
+
+    def fake_pip(cmd, **kw):
+        src, out = Path(cmd[-1]), Path(cmd[cmd.index('-w') + 1])
+        seen['setup.py'] = (src / 'setup.py').read_text()
+        seen['env'] = kw['env']
+        out.mkdir(parents=True)
+        (out / 'onedl_mmcv-2.3.6-cp311-cp311-linux_x86_64.whl').write_bytes(b'wheel')
+    monkeypatch.setattr(installer, 'run', fake_pip)
+    wheel = installer.build_wheel('2.3.6', tmp_path / 'cache', sdist, 'onedl-mmcv')
+    assert wheel == tmp_path / 'cache' / 'onedl_mmcv-2.3.6-cp311-cp311-linux_x86_64.whl'
+    assert wheel.read_bytes() == b'wheel'
+    assert seen['setup.py'] == "flags = ['-std=c++20', '-O3']\n"
+    assert seen['env']['MMCV_WITH_OPS'] == '1'
+
+
+def test_build_wheel_refuses_the_other_distributions_sdist(installer, tmp_path):
+    sdist = _fake_sdist(tmp_path, 'mmcv-2.1.0.tar.gz', 'mmcv-2.1.0')
+    with pytest.raises(installer.InstallError,
+                       match='not the source distribution of onedl-mmcv 2.3.6 '
+                             r'\(expected onedl_mmcv-2.3.6.tar.gz\)'):
+        installer.build_wheel('2.3.6', tmp_path / 'cache', sdist, 'onedl-mmcv')

@@ -2,21 +2,28 @@
 
 PyPI only has mmcv's source distribution for modern torch, so the compiled ops
 (NMS, RoIAlign, ...) that Mask R-CNN and Cascade Mask R-CNN need must be built
-locally. This script:
+locally. Two distributions provide the ``mmcv`` module: upstream ``mmcv`` (2.1.0, for
+mmdet 3.3.0) and the maintained fork ``onedl-mmcv`` (2.3.6, for onedl-mmdetection).
+``--dist`` chooses; by default the one already installed, else the one that matches the
+installed mmengine (``onedl-mmengine`` -> ``onedl-mmcv``), else ``mmcv``. The script never
+installs one distribution over the other (same import name): it refuses instead.
+This script:
 
 1. returns at once if the requested mmcv is installed and its ops work;
-2. otherwise installs a cached wheel keyed by mmcv, torch, Python and
+2. otherwise installs a cached wheel keyed by distribution, version, torch, Python and
    CPU/CUDA versions (``$CONVNEXT_DENSE_CACHE``, default
    ``~/.cache/convnext_dense/wheels``), when one exists;
 3. otherwise takes the sdist (``--sdist FILE``, or downloads it), rewrites its
    ``-std=c++14/17`` flags to ``-std=c++20`` when the installed torch headers need
    C++20, builds a wheel (CUDA ops when torch sees a GPU and a CUDA toolchain, CPU ops otherwise),
    caches it and installs it;
-4. verifies the result by running an NMS and a RoIAlign in a fresh process.
+4. verifies the result by running an NMS and a RoIAlign in a fresh process (and that the
+   ``mmcv`` module belongs to the requested distribution).
 
 Any failure ends with a non-zero exit code and a message saying what failed.
 
-Usage: ``python tools/install_mmcv.py [--version 2.1.0] [--force-build] [--sdist FILE]``
+Usage: ``python tools/install_mmcv.py [--dist mmcv|onedl-mmcv] [--version V] [--force-build]
+[--sdist FILE]``
 """
 from __future__ import annotations
 
@@ -30,12 +37,19 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-DEFAULT_MMCV_VERSION = '2.1.0'
+# distribution providing the ``mmcv`` module -> its verified version
+DISTRIBUTIONS = {'mmcv': '2.1.0', 'onedl-mmcv': '2.3.6'}
+# the mmengine distribution of each stack -> that stack's mmcv distribution
+MMCV_FOR_MMENGINE = {'mmengine': 'mmcv', 'onedl-mmengine': 'onedl-mmcv'}
 
 VERIFY_SNIPPET = """
+import importlib.metadata
 import mmcv, torch
 from mmcv.ops import nms, roi_align
 assert mmcv.__version__ == {version!r}, mmcv.__version__
+dist = importlib.metadata.distribution({dist!r})  # the mmcv module is this distribution's
+assert dist.version == {version!r}, dist.version
+assert 'mmcv/__init__.py' in {{str(f).replace(chr(92), '/') for f in dist.files or ()}}, dist
 boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.], [50., 50., 60., 60.]])
 scores = torch.tensor([0.9, 0.8, 0.7])
 _, keep = nms(boxes, scores, iou_threshold=0.5)
@@ -122,19 +136,64 @@ def torch_needs_cxx20() -> bool:
     return aten_header.is_file() and 'C++20' in aten_header.read_text(errors='ignore')
 
 
-def cache_dir(mmcv_version: str) -> Path:
+def module_distributions(module: str) -> list[str]:
+    """The installed distributions that provide the top-level ``module`` (e.g. ``mmcv``)."""
+    import importlib
+    from importlib import metadata
+    importlib.invalidate_caches()
+    return sorted(set(metadata.packages_distributions().get(module, [])))
+
+
+def choose_distribution(requested: str | None, mmcv_dists: list[str],
+                        mmengine_dists: list[str]) -> str:
+    """The mmcv distribution to install, given what provides ``mmcv`` and ``mmengine`` now.
+
+    ``requested`` (``--dist``) wins, unless another distribution already provides the
+    ``mmcv`` module: installing it would overwrite that one's files, so that is refused.
+    Without a request: the installed one, else the one of the installed mmengine's stack,
+    else upstream ``mmcv``.
+    """
+    if requested is not None and requested not in DISTRIBUTIONS:
+        raise InstallError(f'--dist {requested!r} is not supported; choose one of '
+                           f'{", ".join(DISTRIBUTIONS)}')
+    unknown = [d for d in mmcv_dists if d not in DISTRIBUTIONS]
+    if unknown or len(mmcv_dists) > 1:
+        raise InstallError(
+            f'the mmcv module here is provided by {", ".join(mmcv_dists)}; this script builds '
+            f'only {" or ".join(DISTRIBUTIONS)} and never installs over another distribution '
+            '(same import name): uninstall it yourself or use a separate environment')
+    if requested is None:
+        if mmcv_dists:
+            return mmcv_dists[0]
+        stacks = [MMCV_FOR_MMENGINE[d] for d in mmengine_dists if d in MMCV_FOR_MMENGINE]
+        return stacks[0] if len(stacks) == 1 else 'mmcv'
+    if mmcv_dists and mmcv_dists[0] != requested:
+        installed = mmcv_dists[0]
+        raise InstallError(
+            f'{installed} already provides the mmcv module in this environment; installing '
+            f'{requested} would overwrite its files (same import name). Build {installed} '
+            f'(--dist {installed}) or install {requested} in a separate environment')
+    return requested
+
+
+def wheel_prefix(dist: str) -> str:
+    """How a wheel or sdist file name of ``dist`` starts (``onedl-mmcv`` -> ``onedl_mmcv-``)."""
+    return dist.replace('-', '_') + '-'
+
+
+def cache_dir(mmcv_version: str, dist: str = 'mmcv') -> Path:
     torch_version, cuda_version, with_cuda = torch_info()
     flavour = f'cu{cuda_version.replace(".", "")}' if with_cuda else 'cpu'
     py = f'py{sys.version_info.major}{sys.version_info.minor}'
     root = Path(os.environ.get('CONVNEXT_DENSE_CACHE',
                                Path.home() / '.cache' / 'convnext_dense')) / 'wheels'
-    return root / f'mmcv-{mmcv_version}_torch-{torch_version}_{flavour}_{py}'
+    return root / f'{dist}-{mmcv_version}_torch-{torch_version}_{flavour}_{py}'
 
 
-def verify(mmcv_version: str, quiet: bool = False) -> bool:
-    """Check in a fresh interpreter that mmcv imports and its ops run."""
+def verify(mmcv_version: str, quiet: bool = False, dist: str = 'mmcv') -> bool:
+    """Check in a fresh interpreter that mmcv (from ``dist``) imports and its ops run."""
     _, _, with_cuda = torch_info()
-    code = VERIFY_SNIPPET.format(version=mmcv_version, cuda=with_cuda)
+    code = VERIFY_SNIPPET.format(version=mmcv_version, cuda=with_cuda, dist=dist)
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     if result.returncode == 0:
         log(result.stdout.strip())
@@ -154,22 +213,33 @@ def patch_cxx_standard(src_dir: Path) -> None:
         log('patched setup.py: -std=c++14/17 -> -std=c++20')
 
 
-def build_wheel(mmcv_version: str, out_dir: Path, sdist: Path | None = None) -> Path:
-    """Build a wheel into out_dir from mmcv's sdist (``sdist``, or downloaded), patched if
-    needed."""
+def is_sdist_of(path: Path, dist: str, version: str) -> bool:
+    """Whether ``path`` is named as the sdist of ``dist`` ``version`` (either spelling)."""
+    name = path.name.replace('-', '_')
+    return name.startswith(wheel_prefix(dist).replace('-', '_') + version + '.tar')
+
+
+def build_wheel(mmcv_version: str, out_dir: Path, sdist: Path | None = None,
+                dist: str = 'mmcv') -> Path:
+    """Build a wheel into out_dir from the sdist of ``dist`` (``sdist``, or downloaded),
+    patched if needed."""
     _, _, with_cuda = torch_info()
     with tempfile.TemporaryDirectory(prefix='mmcv-build-') as tmp:
         tmp_path = Path(tmp)
         if sdist is None:
             run([sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:',
-                 '--no-build-isolation', '-d', str(tmp_path / 'sdist'), f'mmcv=={mmcv_version}'])
-            sdists = list((tmp_path / 'sdist').glob('mmcv-*.tar.gz'))
+                 '--no-build-isolation', '-d', str(tmp_path / 'sdist'),
+                 f'{dist}=={mmcv_version}'])
+            sdists = [p for p in (tmp_path / 'sdist').iterdir()
+                      if is_sdist_of(p, dist, mmcv_version)]
             if not sdists:
-                raise InstallError(f'pip download produced no mmcv sdist in {tmp_path / "sdist"}')
+                raise InstallError(f'pip download produced no {dist} sdist in '
+                                   f'{tmp_path / "sdist"}')
             sdist = sdists[0]
-        elif not sdist.name.startswith(f'mmcv-{mmcv_version}.tar'):
-            raise InstallError(f'--sdist {sdist} is not the source distribution of mmcv '
-                               f'{mmcv_version} (expected mmcv-{mmcv_version}.tar.gz)')
+        elif not is_sdist_of(sdist, dist, mmcv_version):
+            raise InstallError(f'--sdist {sdist} is not the source distribution of {dist} '
+                               f'{mmcv_version} (expected {wheel_prefix(dist)}{mmcv_version}'
+                               '.tar.gz)')
         with tarfile.open(sdist) as tar:
             tar.extractall(tmp_path / 'src', filter='data')
         src_dir = next((tmp_path / 'src').iterdir())
@@ -179,14 +249,14 @@ def build_wheel(mmcv_version: str, out_dir: Path, sdist: Path | None = None) -> 
                    MAX_JOBS=os.environ.get('MAX_JOBS', str(os.cpu_count() or 2)))
         if with_cuda:
             env['FORCE_CUDA'] = '1'
-        log(f'building mmcv {mmcv_version} with {"CUDA" if with_cuda else "CPU"} ops '
+        log(f'building {dist} {mmcv_version} with {"CUDA" if with_cuda else "CPU"} ops '
             f'(MAX_JOBS={env["MAX_JOBS"]}); this takes several minutes')
         wheel_tmp = tmp_path / 'wheel'
         run([sys.executable, '-m', 'pip', 'wheel', '--no-build-isolation', '--no-deps',
              '-w', str(wheel_tmp), str(src_dir)], env=env)
-        wheels = list(wheel_tmp.glob('mmcv-*.whl'))
+        wheels = list(wheel_tmp.glob(f'{wheel_prefix(dist)}*.whl'))
         if not wheels:
-            raise InstallError(f'the mmcv build produced no wheel in {wheel_tmp}')
+            raise InstallError(f'the {dist} build produced no wheel in {wheel_tmp}')
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / wheels[0].name
         partial = target.with_suffix('.partial')
@@ -195,41 +265,53 @@ def build_wheel(mmcv_version: str, out_dir: Path, sdist: Path | None = None) -> 
         return target
 
 
-def install(mmcv_version: str, force_build: bool = False, sdist: Path | None = None) -> None:
+def install(mmcv_version: str | None = None, force_build: bool = False,
+            sdist: Path | None = None, dist: str | None = None) -> None:
+    """Make ``dist`` ``mmcv_version`` (defaults: see the module docstring) work here."""
     log_ops_choice()
-    if not force_build and verify(mmcv_version, quiet=True):
+    dist = choose_distribution(dist, module_distributions('mmcv'),
+                               module_distributions('mmengine'))
+    mmcv_version = mmcv_version or DISTRIBUTIONS[dist]
+    log(f'mmcv distribution: {dist} {mmcv_version}')
+    if not force_build and verify(mmcv_version, quiet=True, dist=dist):
         log('already installed, nothing to do')
         return
-    wheel_dir = cache_dir(mmcv_version)
-    wheels = sorted(wheel_dir.glob('mmcv-*.whl'))
+    wheel_dir = cache_dir(mmcv_version, dist)
+    wheels = sorted(wheel_dir.glob(f'{wheel_prefix(dist)}*.whl'))
     if wheels and not force_build:
         log(f'using cached wheel {wheels[0]}')
         wheel = wheels[0]
     else:
-        wheel = build_wheel(mmcv_version, wheel_dir, sdist)
+        wheel = build_wheel(mmcv_version, wheel_dir, sdist, dist)
         log(f'cached wheel {wheel}')
+    # --force-reinstall replaces only the same distribution (another one was refused above)
     run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--force-reinstall', str(wheel)])
     # mmcv's own runtime requirements, without letting pip touch torch.
     run([sys.executable, '-m', 'pip', 'install', 'addict', 'packaging', 'Pillow', 'pyyaml',
          'yapf'])
-    if not verify(mmcv_version):
-        raise InstallError(f'mmcv {mmcv_version} was installed from {wheel} but its ops do '
+    if not verify(mmcv_version, dist=dist):
+        raise InstallError(f'{dist} {mmcv_version} was installed from {wheel} but its ops do '
                            'not work; delete that wheel and run with --force-build')
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--version', default=DEFAULT_MMCV_VERSION, help='mmcv version')
+    parser.add_argument('--dist', choices=list(DISTRIBUTIONS),
+                        help='the distribution providing mmcv (default: the installed one, '
+                             'else the one of the installed mmengine\'s stack, else mmcv)')
+    parser.add_argument('--version', help='its version (default: '
+                        + ', '.join(f'{d} {v}' for d, v in DISTRIBUTIONS.items()) + ')')
     parser.add_argument('--force-build', action='store_true',
                         help='rebuild even if a cached wheel or a working install exists')
     parser.add_argument('--sdist', type=Path,
-                        help='build from this mmcv-VERSION.tar.gz instead of downloading it '
-                             '(machines without a package index)')
+                        help='build from this sdist (mmcv-VERSION.tar.gz or '
+                             'onedl_mmcv-VERSION.tar.gz) instead of downloading it (machines '
+                             'without a package index)')
     args = parser.parse_args()
     if args.sdist is not None and not args.sdist.is_file():
         parser.error(f'--sdist {args.sdist}: no such file')
     try:
-        install(args.version, args.force_build, args.sdist)
+        install(args.version, args.force_build, args.sdist, args.dist)
     except InstallError as exc:
         log(f'ERROR: {exc}')
         return 1
