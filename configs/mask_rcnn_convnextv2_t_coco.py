@@ -4,6 +4,8 @@
 # loads the same way (its sparse layout is detected). The V2 paper published no detection
 # config: the rest is the paper's (V1) Mask R-CNN-T recipe unchanged (drop path 0.4, AdamW lr
 # 1e-4, layer-wise decay 0.95 over 6 layers, 3x multi-scale + crop), this project's choice.
+# GRN's gamma and beta get no weight decay (the layer-decay rule, as the V2 release's
+# optim_factory.py).
 _base_ = './mask_rcnn_convnext_t_coco.py'
 
 model = dict(

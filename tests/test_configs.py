@@ -1,12 +1,18 @@
 """configs/: every config builds, matches the paper's recipe and model size; tool behaviour."""
 from __future__ import annotations
 
+import copy
+import functools
+import re
 from pathlib import Path
 
 import pytest
+import torch
 from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import DefaultScope
 
-from convnext_dense.apis.complexity import model_complexity
+from convnext_dense.apis.complexity import build_model, model_complexity
 from convnext_dense.apis.runner import (
     DatasetNotFoundError,
     check_datasets,
@@ -134,10 +140,87 @@ MASK2FORMER_CONFIGS = {
 }
 
 
+@functools.cache
+def _load_config(name: str) -> Config:
+    return Config.fromfile(str(CONFIGS / name))
+
+
+def load_config(name: str) -> Config:
+    """A fresh copy of ``configs/<name>`` (each file is parsed once per process)."""
+    return copy.deepcopy(_load_config(name))
+
+
+# Weight decay per named part of the model, as the optimizer built by the config's own
+# constructor gives it. Parts (weight_decay_part): the backbone's weights; its norms, biases and
+# V1 layer scales (1-D); ConvNeXt V2's GRN gamma/beta, (1, 1, 1, C); the weights of the rest
+# (neck, transformer, heads); its norms and biases; the embeddings the recipes name.
+# - the paper's release (NOTES): 0.05, none on 1-D parameters and biases, whole model;
+# - V2: the V2 release's optim_factory.py exempts GRN's gamma/beta as well;
+# - DINO: mmdet's dino-4scale_r50_8xb2-12e_coco.py decays every parameter of the detection
+#   transformer at 1e-4 (no exemption in its paramwise_cfg); the backbone keeps the paper's 0.05
+#   with the release's rule (the config's opening comment);
+# - Mask2Former: mmdet's/mmseg's reference configs give the query and level embeddings decay 0.
+PAPER_WD = {'backbone': 0.05, 'backbone norms, biases': 0.0, 'head': 0.05,
+            'head norms, biases': 0.0}
+V2_WD = {**PAPER_WD, 'GRN': 0.0}
+DINO_WD = {'backbone': 0.05, 'backbone norms, biases': 0.0, 'head': 1e-4,
+           'head norms, biases': 1e-4, 'embeddings': 1e-4}
+MASK2FORMER_WD = {**PAPER_WD, 'embeddings': 0.0}
+WEIGHT_DECAY = {
+    **{name: PAPER_WD for name in RECIPES},
+    **{name: V2_WD if 'convnextv2' in name else PAPER_WD for name in OTHER_CONFIGS},
+    'dino_4scale_convnext_t_coco.py': DINO_WD,
+    'mask2former_convnext_t_coco.py': MASK2FORMER_WD,
+    'mask2former_convnext_t_ade20k_512.py': MASK2FORMER_WD,
+}
+#: DINO's query, level and label embeddings; Mask2Former's query and level embeddings.
+EMBEDDING = re.compile(r'(.*\.)?(query_embedding|query_embed|query_feat|level_embed|'
+                       r'label_embedding)(\.weight)?')
+
+
+def weight_decay_part(name: str, shape: torch.Size) -> str:
+    """The named part of WEIGHT_DECAY that parameter ``name`` belongs to."""
+    if name.startswith('backbone.') and re.fullmatch(r'.*\.grn\.(gamma|beta)', name):
+        return 'GRN'
+    if EMBEDDING.fullmatch(name):
+        return 'embeddings'
+    where = 'backbone' if name.startswith('backbone.') else 'head'
+    return f'{where} norms, biases' if len(shape) == 1 or name.endswith('.bias') else where
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config):
+    """``cfg.optim_wrapper`` for ``model``, built by its constructor as the Runner builds it
+    (fp32 without a GPU)."""
+    cfg = copy.deepcopy(cfg)
+    fit_optim_wrapper_to_device(cfg)
+    with DefaultScope.overwrite_default_scope(toolbox_of(cfg)):
+        return build_optim_wrapper(model, cfg.optim_wrapper)
+
+
+def build_on_meta(cfg: Config):
+    """The config's model on the meta device (no memory, no init) and its optimizer wrapper."""
+    with torch.device('meta'):
+        model = build_model(cfg)
+    return model, build_optimizer(model, cfg)
+
+
 def test_every_config_is_covered():
     assert sorted(RECIPES) == sorted(RELEASE)
     assert sorted(p.name for p in CONFIGS.glob('*.py')) == sorted(
-        {**RECIPES, **OTHER_CONFIGS, **DETR_CONFIGS, **MASK2FORMER_CONFIGS})
+        {**RECIPES, **OTHER_CONFIGS, **DETR_CONFIGS, **MASK2FORMER_CONFIGS}) == sorted(
+        WEIGHT_DECAY)
+
+
+@pytest.mark.parametrize('name', sorted(WEIGHT_DECAY))
+def test_weight_decay_per_part_as_the_optimizer_is_built(name):
+    model, optim_wrapper = build_on_meta(load_config(name))
+    group_of = {id(p): g for g in optim_wrapper.optimizer.param_groups for p in g['params']}
+    found: dict[str, set[float]] = {}
+    for param_name, param in model.named_parameters():
+        if param.requires_grad:
+            part = weight_decay_part(param_name, param.shape)
+            found.setdefault(part, set()).add(group_of[id(param)]['weight_decay'])
+    assert found == {part: {wd} for part, wd in WEIGHT_DECAY[name].items()}
 
 
 def without(mapping: dict, *keys: str) -> dict:
@@ -150,9 +233,9 @@ def without(mapping: dict, *keys: str) -> dict:
 def test_mask2former_configs_take_the_head_from_the_toolbox_and_the_backbone_recipe_from_the_paper(
         tmp_path, name):
     head_config, head_key, recipe_name, params = MASK2FORMER_CONFIGS[name]
-    cfg = Config.fromfile(str(CONFIGS / name))
+    cfg = load_config(name)
     reference = load_packaged_config(tmp_path, head_config)
-    recipe = Config.fromfile(str(CONFIGS / recipe_name))
+    recipe = load_config(recipe_name)
     assert cfg.model.backbone == recipe.model.backbone  # all four stages, the paper's settings
     head = without(cfg.model[head_key], 'in_channels')
     assert cfg.model[head_key].in_channels == [96, 192, 384, 768]
@@ -181,9 +264,9 @@ def test_mask2former_configs_take_the_head_from_the_toolbox_and_the_backbone_rec
 def test_detr_configs_take_the_head_from_mmdet_and_the_backbone_recipe_from_the_paper(
         tmp_path, name):
     head_config, recipe_name, params = DETR_CONFIGS[name]
-    cfg = Config.fromfile(str(CONFIGS / name))
+    cfg = load_config(name)
     reference = load_packaged_config(tmp_path, head_config)
-    recipe = Config.fromfile(str(CONFIGS / recipe_name))
+    recipe = load_config(recipe_name)
     backbone, recipe_backbone = cfg.model.backbone.to_dict(), recipe.model.backbone.to_dict()
     assert backbone.pop('out_indices') == (1, 2, 3)  # strides 8-32; the mapper adds 64
     recipe_backbone.pop('out_indices')
@@ -194,18 +277,42 @@ def test_detr_configs_take_the_head_from_mmdet_and_the_backbone_recipe_from_the_
         assert cfg.model[key] == reference.model[key], key
     for key in ('train_cfg', 'param_scheduler', 'train_dataloader', 'auto_scale_lr'):
         assert cfg[key] == reference[key], key
-    wrapper = cfg.optim_wrapper
-    assert wrapper.clip_grad == reference.optim_wrapper.clip_grad  # the head's setting
-    assert (wrapper.constructor, wrapper.optimizer, wrapper.paramwise_cfg) == (
-        recipe.optim_wrapper.constructor, recipe.optim_wrapper.optimizer,
+    wrapper, reference_wrapper = cfg.optim_wrapper, reference.optim_wrapper
+    assert wrapper.clip_grad == reference_wrapper.clip_grad  # the head's setting
+    # the head's AdamW and weight decay; the paper's layer decay in place of the backbone's lr
+    # multiplier (DINO's only paramwise setting: no bias or norm exemption) and the paper's
+    # weight decay, with its zero-decay rule, on the backbone
+    assert without(reference_wrapper.paramwise_cfg, 'custom_keys') == {}
+    assert reference_wrapper.paramwise_cfg.custom_keys == {'backbone': dict(lr_mult=0.1)}
+    assert wrapper.optimizer == {**recipe.optim_wrapper.optimizer,
+                                 'weight_decay': reference_wrapper.optimizer.weight_decay}
+    assert wrapper.optimizer.weight_decay == 1e-4
+    assert wrapper.constructor == recipe.optim_wrapper.constructor
+    assert without(wrapper.paramwise_cfg, 'part_weight_decay', 'no_decay_rule_parts') == (
         recipe.optim_wrapper.paramwise_cfg)
+    assert wrapper.paramwise_cfg.part_weight_decay == dict(
+        backbone=recipe.optim_wrapper.optimizer.weight_decay)
+    assert tuple(wrapper.paramwise_cfg.no_decay_rule_parts) == ('backbone',)
+    # every parameter outside the backbone: the lr and weight decay mmdet's own constructor
+    # gives it with DINO's optim_wrapper
+    model, optim_wrapper = build_on_meta(cfg)
+    reference_cfg = copy.deepcopy(cfg)
+    reference_cfg.optim_wrapper = reference_wrapper
+    reference_optim = build_optimizer(model, reference_cfg)
+    ours, theirs = (
+        {id(p): (g['lr'], g['weight_decay']) for g in o.optimizer.param_groups
+         for p in g['params']} for o in (optim_wrapper, reference_optim))
+    head = [(n, p) for n, p in model.named_parameters() if not n.startswith('backbone.')]
+    assert len(head) > 300
+    for param_name, param in head:
+        assert ours[id(param)] == pytest.approx(theirs[id(param)]), param_name
     assert model_complexity(cfg, with_flops=False).params / 1e6 == pytest.approx(params, abs=0.05)
 
 
 @pytest.mark.parametrize('name', sorted(OTHER_CONFIGS))
 def test_other_configs_keep_the_papers_backbone_and_recipe(name):
     recipe_name, backbone_changes, params = OTHER_CONFIGS[name]
-    cfg, recipe = (Config.fromfile(str(CONFIGS / n)) for n in (name, recipe_name))
+    cfg, recipe = (load_config(n) for n in (name, recipe_name))
     backbone, recipe_backbone = cfg.model.backbone.to_dict(), recipe.model.backbone.to_dict()
     for key, value in backbone_changes.items():
         assert backbone.pop(key) == value, key
@@ -229,7 +336,7 @@ def test_other_configs_keep_the_papers_backbone_and_recipe(name):
 def test_deeplab_heads_read_the_right_stages():
     for name, rates in (('deeplabv3plus_convnext_t_os8_ade20k_512.py', (1, 12, 24, 36)),
                         ('deeplabv3plus_convnext_t_os16_ade20k_512.py', (1, 6, 12, 18))):
-        head = Config.fromfile(str(CONFIGS / name)).model.decode_head
+        head = load_config(name).model.decode_head
         assert (head.type, head.in_index, head.in_channels, head.c1_in_channels) == (
             'DepthwiseSeparableASPPHead', 3, 768, 96)
         assert tuple(head.dilations) == rates and head.num_classes == 150
@@ -238,7 +345,7 @@ def test_deeplab_heads_read_the_right_stages():
 @pytest.mark.parametrize('name', sorted(RELEASE))
 def test_config_runs_as_the_release_did(name):
     (warmup_iters, start_factor), fp16, seed, tta_scale = RELEASE[name]
-    cfg = Config.fromfile(str(CONFIGS / name))
+    cfg = load_config(name)
     warmup = cfg.param_scheduler[0]
     assert (warmup.type, warmup.by_epoch, warmup.begin, warmup.end, warmup.start_factor) == (
         'LinearLR', False, 0, warmup_iters, start_factor)
@@ -269,7 +376,7 @@ def test_config_runs_as_the_release_did(name):
 @pytest.mark.parametrize('name', sorted(RECIPES))
 def test_config_is_the_papers_recipe(name):
     arch, drop_path, lr, decay_type, decay_rate, num_layers, weights, _ = RECIPES[name]
-    cfg = Config.fromfile(str(CONFIGS / name))
+    cfg = load_config(name)
     assert cfg.custom_imports.imports == ['convnext_dense']
     backbone = cfg.model.backbone
     assert (backbone.type, backbone.arch, backbone.drop_path_rate) == ('ConvNeXt', arch, drop_path)
@@ -302,7 +409,7 @@ def test_config_is_the_papers_recipe(name):
 @pytest.mark.parametrize('name', sorted(RECIPES))
 def test_model_builds_with_the_papers_parameter_count(name):
     paper_params = RECIPES[name][-1]
-    result = model_complexity(Config.fromfile(str(CONFIGS / name)), with_flops=False)
+    result = model_complexity(load_config(name), with_flops=False)
     assert result.params / 1e6 == pytest.approx(paper_params, rel=0.01)
 
 
@@ -432,7 +539,7 @@ def test_seed_and_deterministic_options():
     ('upernet_convnext_t_ade20k_512.py', (512, 2048), 939),
 ])
 def test_flops_match_the_paper(name, size, paper_gflops):
-    result = model_complexity(Config.fromfile(str(CONFIGS / name)))
+    result = model_complexity(load_config(name))
     assert result.input_size == size
     assert result.flops / 1e9 == pytest.approx(paper_gflops, rel=0.01)
 
