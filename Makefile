@@ -1,7 +1,22 @@
 # Set-up and entry points. Every target installs what it needs into .venv first
 # (idempotent: a stamp file skips the install until setup.cfg or the installer change).
 PYTHON ?= python3
+# The OpenMMLab stack: upstream (mmengine 0.10.7, mmcv 2.1.0, mmdet 3.3.0, mmsegmentation
+# 1.2.2; the default) or onedl (the maintained forks onedl-mmengine, onedl-mmcv,
+# onedl-mmdetection, onedl-mmsegmentation; same import names). Each stack has its own venv:
+# `make setup STACK=onedl` builds .venv-onedl. See setup.cfg's extras and docs/get_started.md.
+STACK ?= upstream
+ifeq ($(STACK),upstream)
 VENV ?= .venv
+MMENGINE_REQ := mmengine==0.10.7
+MMCV_DIST := mmcv
+else ifeq ($(STACK),onedl)
+VENV ?= .venv-onedl
+MMENGINE_REQ := onedl-mmengine==0.10.12
+MMCV_DIST := onedl-mmcv
+else
+$(error STACK=$(STACK) is not a stack; choose STACK=upstream or STACK=onedl)
+endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.convnext_dense-installed
 # mmpretrain and the deps .venv lacks, put on sys.path only by the tests that need it
@@ -16,9 +31,9 @@ $(STAMP): setup.cfg pyproject.toml tools/install_mmcv.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch + torchvision as pip resolves them (install a CUDA torch first to keep it)
-	$(PY) -m pip install -q torch torchvision "setuptools>=77,<81" wheel ninja "mmengine==0.10.7"
-	$(PY) tools/install_mmcv.py
-	$(PY) -m pip install -q --no-build-isolation -e ".[all]"
+	$(PY) -m pip install -q torch torchvision "setuptools>=77,<81" wheel ninja "$(MMENGINE_REQ)"
+	$(PY) tools/install_mmcv.py --dist $(MMCV_DIST)
+	$(PY) -m pip install -q --no-build-isolation -e ".[all,$(STACK)]"
 	# mmpretrain (tests compare checkpoints with its real ConvNeXt) goes into an overlay
 	# folder, never into site-packages: mmdet imports it whenever it is importable, and it
 	# breaks next to transformers 5. Only the runtime deps .venv lacks are added there: the

@@ -13,6 +13,12 @@ in a config) registers modules and changes nothing else:
 - the config scope ``convnext_dense::`` (the configs shipped in the package) in
   mmengine's table of packages with configs.
 
+Before that it checks that mmengine and mmcv are installed from one OpenMMLab stack (upstream
+or the maintained onedl forks; :mod:`convnext_dense.stack`), from the installed metadata only.
+With the forks' mmseg it corrects that table's ``mmseg`` entry, which names a distribution
+the fork does not have (:func:`~convnext_dense.engine.runtime_fixes.fix_config_scope_packages`;
+nothing changes on upstream).
+
 The fixes to mmengine's global behaviour that training on torch >= 2.6 needs are
 opt-in: :func:`enable_runtime_fixes` (or ``'convnext_dense.enable_fixes'`` in
 ``custom_imports``); see :mod:`convnext_dense.engine.runtime_fixes`.
@@ -30,6 +36,13 @@ decay, hooks, the opt-in fixes), ``apis`` (train/test preparation, data checks, 
 model loading, inference), ``deploy`` (ONNX export and ONNX Runtime models), ``demo`` and
 ``benchmark`` (applications).
 """
+# ruff: noqa: E402  (the stack check runs before the first import of mmengine/mmcv)
+from .stack import check_stack
+
+# mmengine and mmcv from one OpenMMLab stack (upstream or the onedl forks): a clear error
+# naming what is missing and the verified versions, before the first import of them
+check_stack()
+
 from mmengine.registry import HOOKS
 
 from .arch import ARCH_SETTINGS
@@ -40,7 +53,7 @@ from .engine.layer_decay import (
     get_layer_id,
     get_lr_scale,
 )
-from .engine.runtime_fixes import enable_runtime_fixes
+from .engine.runtime_fixes import enable_runtime_fixes, fix_config_scope_packages
 from .models.backbone import ConvNeXt
 from .models.seg_tta import SegTTAModelWithTestCfg
 from .registry import register, register_config_scope, register_in_toolboxes, register_models
@@ -54,6 +67,8 @@ register_in_toolboxes('OPTIM_WRAPPER_CONSTRUCTORS', ConvNeXtLayerDecayOptimizerC
 register(HOOKS, ReplicaSyncCheckHook)
 # `_base_ = 'convnext_dense::configs/...'`: the shipped configs, for configs loaded after this
 register_config_scope()
+# `mmseg::` bases with onedl-mmsegmentation (its entry names a distribution it does not have)
+fix_config_scope_packages()
 
 __all__ = ['ARCH_SETTINGS', 'ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor',
            'ConvNeXtPretrainedInit', 'REGISTERED_SCOPES', 'ReplicaSyncCheckHook',

@@ -22,11 +22,26 @@ The project's ``tools/`` turn the switch on. With mmdet's or mmseg's own
                           allow_failed_imports=False)
 
 or call ``convnext_dense.enable_runtime_fixes()`` in your own script.
+
+One more fix is applied by ``import convnext_dense`` itself, because it must be in place
+before a config is read (mmengine resolves ``_base_`` before a config's ``custom_imports``
+run) and it only turns an error into the intended result:
+
+3. **Config scopes of the maintained forks** (:func:`fix_config_scope_packages`):
+   mmengine's ``MODULE2PACKAGE`` maps the scope ``mmseg`` to the distribution
+   ``mmsegmentation``; onedl-mmengine keeps that entry, but the fork's distribution is
+   ``onedl-mmsegmentation``, so every ``mmseg::`` base fails with "mmsegmentation is not
+   installed". Where a toolbox scope names a distribution that is not installed while its
+   module imports, the entry is set to the module's name, which mmengine then finds on
+   ``sys.path`` (as it finds ``mmdet``, mapped to its module name). With upstream
+   mmsegmentation installed nothing changes.
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
+from importlib import metadata
 from typing import Any, Callable
 
 from ..checkpoint.safe_loading import allow_mmengine_checkpoints
@@ -81,6 +96,37 @@ def make_checkpoint_saves_atomic() -> None:
             module.save_checkpoint = wrapped
 
 
+#: the config scopes (modules) of the toolboxes whose ``MODULE2PACKAGE`` entry is checked
+TOOLBOX_SCOPES = ('mmdet', 'mmseg')
+
+
+def fix_config_scope_packages(table: dict[str, str] | None = None,
+                              scopes: tuple[str, ...] = TOOLBOX_SCOPES) -> dict[str, str]:
+    """Point each scope whose distribution is missing but whose module imports at its module.
+
+    Args:
+        table: the scope -> distribution table (default: mmengine's ``MODULE2PACKAGE``).
+        scopes: the scopes to check.
+
+    Returns:
+        The entries changed, scope -> what it named before (empty where nothing needed a fix).
+    """
+    if table is None:
+        from mmengine.config.utils import MODULE2PACKAGE as table
+    changed = {}
+    for scope in scopes:
+        package = table.get(scope)
+        if package is None or package == scope:
+            continue
+        try:
+            metadata.distribution(package)
+        except metadata.PackageNotFoundError:
+            if importlib.util.find_spec(scope) is not None:
+                changed[scope] = package
+                table[scope] = scope
+    return changed
+
+
 def runtime_fixes_enabled() -> dict[str, bool]:
     """Which fixes are on in this process (for logs and tests)."""
     import mmengine.runner.checkpoint as ckpt
@@ -100,4 +146,5 @@ def enable_runtime_fixes() -> None:
     make_checkpoint_saves_atomic()
 
 
-__all__ = ['enable_runtime_fixes', 'make_checkpoint_saves_atomic', 'runtime_fixes_enabled']
+__all__ = ['enable_runtime_fixes', 'fix_config_scope_packages', 'make_checkpoint_saves_atomic',
+           'runtime_fixes_enabled']

@@ -141,3 +141,54 @@ def test_switch_from_a_config_with_mmdets_own_train_py(tmp_path):
     failed = train(without, work, 3, '--resume')
     assert failed.returncode != 0
     assert 'Weights only load failed' in failed.stdout + failed.stderr
+
+
+def test_config_scope_fix_points_a_missing_distribution_at_its_module():
+    """The fork's table names ``mmsegmentation``, a distribution it does not have."""
+    from convnext_dense.engine.runtime_fixes import fix_config_scope_packages
+    table = {'mmdet': 'mmdet', 'mmseg': 'no-such-distribution', 'mmocr': 'mmocr'}
+    assert fix_config_scope_packages(table) == {'mmseg': 'no-such-distribution'}
+    assert table == {'mmdet': 'mmdet', 'mmseg': 'mmseg', 'mmocr': 'mmocr'}
+    assert fix_config_scope_packages(table) == {}  # idempotent
+    # a module that does not import keeps its entry: mmengine's "not installed" error stays
+    table = {'no_such_module': 'no-such-distribution'}
+    assert fix_config_scope_packages(table, scopes=('no_such_module',)) == {}
+    assert table == {'no_such_module': 'no-such-distribution'}
+
+
+def test_config_scope_fix_changes_nothing_where_the_distribution_is_installed():
+    from importlib import metadata
+
+    from convnext_dense.engine.runtime_fixes import fix_config_scope_packages
+    from convnext_dense.stack import current_stack
+    installed = {'upstream': 'mmsegmentation', 'onedl': 'onedl-mmsegmentation'}
+    dist = installed[current_stack('mmseg')]
+    metadata.distribution(dist)
+    table = {'mmseg': dist}
+    assert fix_config_scope_packages(table) == {} and table == {'mmseg': dist}
+
+
+def test_mmseg_bases_load_with_the_forks_table(tmp_path, monkeypatch):
+    """The fork's failure, reproduced on either stack: the table names a distribution that is
+    not installed. Without the fix mmengine refuses the ``mmseg::`` base; with it, it loads."""
+    from mmengine.config import Config
+    from mmengine.config.utils import MODULE2PACKAGE
+
+    from convnext_dense.engine.runtime_fixes import fix_config_scope_packages
+    config = tmp_path / 'user.py'
+    config.write_text("_base_ = ['mmseg::_base_/models/upernet_r50.py']\n")
+    monkeypatch.setitem(MODULE2PACKAGE, 'mmseg', 'mmsegmentation-not-installed')
+    with pytest.raises(Exception, match='mmsegmentation-not-installed is not installed'):
+        Config.fromfile(config)
+    assert fix_config_scope_packages() == {'mmseg': 'mmsegmentation-not-installed'}
+    assert Config.fromfile(config).model.decode_head.type == 'UPerHead'
+
+
+def test_import_applies_the_config_scope_fix():
+    code = ('from mmengine.config.utils import MODULE2PACKAGE as t\n'
+            "t['mmseg'] = 'mmsegmentation-not-installed'\n"
+            "import convnext_dense\nprint(t['mmseg'], t['mmdet'])")
+    result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['mmseg', 'mmdet']
