@@ -1,0 +1,278 @@
+"""int8 exports: ONNX Runtime's static quantization of an fp32 export, calibrated on images of
+the config's training set.
+
+``export_int8`` exports the model as :func:`.export.export_onnx` does, then quantizes the graph
+with ``onnxruntime.quantization.quantize_static``:
+
+- QDQ format (``QuantizeLinear``/``DequantizeLinear`` pairs around the quantized operators: the
+  file stays a standard ONNX graph that ONNX Runtime and OpenVINO both run), activations uint8
+  (asymmetric), weights int8 per output channel, biases int32;
+- only operators with a weight are quantized: ``Conv``, ``ConvTranspose``, ``Gemm``, and the
+  ``MatMul`` of the blocks' pointwise (``nn.Linear``) layers. Everything else stays fp32:
+  LayerNorm, GRN, GELU, softmax, the residual additions and layer scales, resizes, the adaptive
+  pooling (a ``MatMul`` of two activations) and the post-processing (NMS, RoIAlign, top-k,
+  mask pasting);
+- which of those are quantized follows a policy per model type (:data:`VERIFIED_POLICIES`),
+  chosen by measuring the demo models' metrics (docs/deployment.md has the numbers). A model
+  type whose int8 accuracy has not been measured is refused by name;
+- the activation ranges are the minima and maxima (ONNX Runtime's ``MinMax`` calibration) over
+  N images of the config's training set, evenly spaced through it, each run through the
+  config's test pipeline and data preprocessor as the runtime prepares an image.
+
+The output folder has the usual ``end2end.onnx`` and ``deploy.json`` (with a ``quantization``
+entry saying what was done): the runtime opens it like any export.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.registry import DefaultScope
+
+from ..apis.models import build_model
+from ..apis.runner import load_config
+from ..apis.toolbox import toolbox_of
+from .errors import ExportError
+from .export import DEFAULT_OPSET, EXPORT_FILES, export_onnx, graph_inputs, is_previous_export
+from .format import DEPLOY_FILE, ONNX_FILE, require_onnx, task_of
+from .output_dir import check_output_dir, staged_output
+
+#: calibration images by default (fewer when the training set has fewer)
+DEFAULT_CALIB_IMAGES = 256
+#: fewer images than this give activation ranges too unreliable to ship
+MIN_CALIB_IMAGES = 4
+#: the operators with weights, the only ones quantized
+WEIGHTED_OPS = ('Conv', 'ConvTranspose', 'Gemm', 'MatMul')
+
+
+@dataclass(frozen=True)
+class QuantizationPolicy:
+    """Which weighted operators are quantized (the rest stays fp32).
+
+    Attributes:
+        depthwise: the backbone's depthwise 7x7 convolutions (``Conv`` with ``group > 1``).
+        heads: everything outside the backbone (neck, decode/auxiliary heads, RPN and RoI
+            heads).
+    """
+
+    depthwise: bool
+    heads: bool
+
+
+#: (model type, head type) whose int8 export was measured on the demo (docs/deployment.md)
+VERIFIED_POLICIES: dict[tuple[str, str], QuantizationPolicy] = {
+    ('EncoderDecoder', 'UPerHead'): QuantizationPolicy(depthwise=True, heads=True),
+    ('MaskRCNN', 'StandardRoIHead'): QuantizationPolicy(depthwise=True, heads=True),
+}
+
+
+def _type_name(module_cfg: Any) -> str:
+    return str(module_cfg.get('type', '')).split('.')[-1] if module_cfg else ''
+
+
+def model_kind(cfg: Config) -> tuple[str, str]:
+    """``(model type, head type)``: the decode head of a segmentor, the RoI head of a
+    detector."""
+    head = cfg.model.get('decode_head') or cfg.model.get('roi_head')
+    return _type_name(cfg.model), _type_name(head)
+
+
+def verified_policy(cfg: Config) -> QuantizationPolicy:
+    """The quantization policy of ``cfg``'s model type.
+
+    Raises:
+        ExportError: the model type's int8 export has not been verified (named, with the
+            verified ones).
+    """
+    kind = model_kind(cfg)
+    if kind not in VERIFIED_POLICIES:
+        verified = ', '.join(f'{model} with {head}' for model, head in VERIFIED_POLICIES)
+        raise ExportError(f'{cfg.filename or "config"}: --int8 is not verified for a {kind[0]} '
+                          f'with {kind[1] or "no head"} (its int8 accuracy has not been '
+                          f'measured); verified: {verified}. Export it in fp32 (without --int8)')
+    return VERIFIED_POLICIES[kind]
+
+
+def _weight_is_initializer(node: Any, initializers: set[str]) -> bool:
+    return len(node.input) > 1 and node.input[1] in initializers
+
+
+def _is_depthwise(node: Any) -> bool:
+    return node.op_type == 'Conv' and any(a.name == 'group' and a.i > 1 for a in node.attribute)
+
+
+def _in_backbone(node: Any) -> bool:
+    return node.name.startswith('/backbone/')
+
+
+def nodes_to_quantize(model: Any, policy: QuantizationPolicy) -> list[str]:
+    """The names of the graph's nodes ``policy`` quantizes: weighted operators
+    (:data:`WEIGHTED_OPS` whose second input is a weight), less the depthwise convolutions
+    and the nodes outside the backbone where the policy keeps them fp32."""
+    initializers = {init.name for init in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type not in WEIGHTED_OPS or not _weight_is_initializer(node, initializers):
+            continue
+        if _is_depthwise(node) and not policy.depthwise:
+            continue
+        if not _in_backbone(node) and not policy.heads:
+            continue
+        names.append(node.name)
+    return names
+
+
+def calibration_dataset_cfg(cfg: Config) -> dict:
+    """The training set's dataset config with the test pipeline (without annotations)."""
+    dataset = copy.deepcopy(cfg.train_dataloader.dataset)
+    while 'dataset' in dataset:  # RepeatDataset, ClassBalancedDataset, ...
+        dataset = dataset['dataset']
+    if 'datasets' in dataset:
+        raise ExportError(f'{cfg.filename or "config"}: train_dataloader.dataset is a '
+                          f'{dataset.get("type")} of several datasets; calibration reads one '
+                          'dataset')
+    dataset['pipeline'] = [step for step in cfg.test_dataloader.dataset.pipeline
+                           if step['type'] != 'LoadAnnotations']
+    return dataset
+
+
+def build_calibration_dataset(cfg: Config) -> Any:
+    toolbox = toolbox_of(cfg)
+    importlib.import_module(f'{toolbox}.datasets')
+    registry = importlib.import_module(f'{toolbox}.registry').DATASETS
+    with DefaultScope.overwrite_default_scope(toolbox):
+        return registry.build(calibration_dataset_cfg(cfg))
+
+
+def calibration_count(requested: int | None, available: int, source: str) -> int:
+    """How many images calibrate: ``requested`` (default :data:`DEFAULT_CALIB_IMAGES`, capped
+    by the set's size).
+
+    Raises:
+        ExportError: fewer than :data:`MIN_CALIB_IMAGES`, or more requested than the set has.
+    """
+    if requested is not None and requested < MIN_CALIB_IMAGES:
+        raise ExportError(f'--calib-images {requested}: too few calibration images, at least '
+                          f'{MIN_CALIB_IMAGES} are needed (default {DEFAULT_CALIB_IMAGES})')
+    if requested is not None and requested > available:
+        raise ExportError(f'--calib-images {requested}: the training set ({source}) has only '
+                          f'{available} images')
+    count = min(DEFAULT_CALIB_IMAGES, available) if requested is None else requested
+    if count < MIN_CALIB_IMAGES:
+        raise ExportError(f'{source}: too few calibration images: the training set has '
+                          f'{available}, at least {MIN_CALIB_IMAGES} are needed')
+    return count
+
+
+def calibration_feeds(cfg: Config, dataset: Any, count: int,
+                      preprocessor: Any) -> Iterator[dict[str, np.ndarray]]:
+    """The graph's inputs for ``count`` images evenly spaced through ``dataset``, one image
+    per batch, prepared by the test pipeline and ``preprocessor`` (the model's)."""
+    task = task_of(cfg)
+    for index in np.linspace(0, len(dataset) - 1, count).round().astype(int):
+        data = preprocessor(pseudo_collate([dataset[int(index)]]), False)
+        shapes = [sample.img_shape[:2] for sample in data['data_samples']]
+        inputs = graph_inputs(task, data['inputs'].float(), shapes)
+        yield {name: value.numpy() for name, value in inputs.items()}
+
+
+class FeedReader:
+    """ONNX Runtime's ``CalibrationDataReader`` protocol over an iterator of feeds."""
+
+    def __init__(self, feeds: Iterator[dict[str, np.ndarray]]) -> None:
+        self.feeds = feeds
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.feeds, None)
+
+
+def quantize_file(fp32_file: str | os.PathLike, int8_file: str | os.PathLike,
+                  feeds: Iterator[dict[str, np.ndarray]], policy: QuantizationPolicy) -> int:
+    """Quantize ``fp32_file`` into ``int8_file`` (QDQ, per-channel int8 weights, uint8
+    activations, MinMax ranges over ``feeds``) as ``policy`` says.
+
+    Returns:
+        The number of quantized nodes.
+    """
+    onnx, _ = require_onnx()
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    nodes = nodes_to_quantize(onnx.load(str(fp32_file), load_external_data=False), policy)
+    quantize_static(str(fp32_file), str(int8_file), FeedReader(feeds),
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=list(WEIGHTED_OPS),
+                    nodes_to_quantize=nodes, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={'CalibMaxIntermediateOutputs': 16})
+    return len(nodes)
+
+
+def export_int8(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
+                calib_images: int | None = None, shape: Sequence[int] | None = None,
+                dynamic: bool = True, opset: int = DEFAULT_OPSET, force: bool = False,
+                cfg_options: dict | None = None,
+                policy: QuantizationPolicy | None = None) -> Path:
+    """Export ``config``'s model with ``checkpoint``'s weights, quantized to int8.
+
+    Args:
+        config, checkpoint, out_dir, shape, dynamic, opset, force, cfg_options: as
+            :func:`.export.export_onnx` (the same folder rules: staged, swapped in whole).
+        calib_images: calibration images from the training set (default
+            :data:`DEFAULT_CALIB_IMAGES`, capped by the set's size; at least
+            :data:`MIN_CALIB_IMAGES`).
+        policy: what to quantize; default the model type's verified policy (another model
+            type is refused). Measurements pass their own.
+
+    Returns:
+        The path of the quantized ``end2end.onnx``.
+
+    Raises:
+        ExportError: an unverified model type, too few calibration images, or what
+            :func:`.export.export_onnx` refuses.
+    """
+    require_onnx()
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, force, is_previous_export, 'export', EXPORT_FILES)
+    cfg = load_config(config, cfg_options)
+    task_of(cfg)  # refuses the model types that do not export, by name
+    policy = policy or verified_policy(cfg)
+    dataset = build_calibration_dataset(cfg)
+    source = calibration_dataset_cfg(cfg).get('data_root') or 'train_dataloader.dataset'
+    count = calibration_count(calib_images, len(dataset), str(source))
+    preprocessor = build_model(cfg).data_preprocessor.eval()
+    with tempfile.TemporaryDirectory(prefix='int8_export_') as tmp:
+        fp32 = export_onnx(config, checkpoint, Path(tmp) / 'fp32', shape, dynamic, opset,
+                           cfg_options=cfg_options)
+        info = json.loads((fp32.parent / DEPLOY_FILE).read_text())
+        with staged_output(out_dir, force, is_previous_export, 'export',
+                           EXPORT_FILES) as staging:
+            quantized = quantize_file(fp32, staging / ONNX_FILE,
+                                      calibration_feeds(cfg, dataset, count, preprocessor),
+                                      policy)
+            info['quantization'] = dict(
+                tool='onnxruntime.quantization.quantize_static', format='QDQ',
+                weights='int8 per channel', activations='uint8', calibration='MinMax',
+                calibration_images=count, calibration_set=str(source),
+                quantized_nodes=quantized, **{f'quantize_{k}': v
+                                              for k, v in asdict(policy).items()})
+            (staging / DEPLOY_FILE).write_text(json.dumps(info, indent=2) + '\n')
+    return out_dir / ONNX_FILE
+
+
+__all__ = ['DEFAULT_CALIB_IMAGES', 'MIN_CALIB_IMAGES', 'QuantizationPolicy', 'VERIFIED_POLICIES',
+           'calibration_count', 'export_int8', 'model_kind', 'nodes_to_quantize',
+           'quantize_file', 'verified_policy']

@@ -1,0 +1,180 @@
+"""int8 exports (convnext_dense.deploy.quantize): the graph is QDQ with per-channel weights and
+fp32 LayerNorms, it runs and stays close to the fp32 export, and bad requests are refused by
+name.
+
+One random-weight UperNet demo model (ConvNeXt-atto, the demo's graph) is exported in fp32 and
+in int8 once for the module, calibrated on 4 images of a generated training set.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from mmengine.config import Config
+from onnx import numpy_helper
+
+from convnext_dense.apis.models import build_model
+from convnext_dense.apis.runner import load_config
+from convnext_dense.demo.data import make_ade20k_dataset
+from convnext_dense.demo.run import data_root_options
+from convnext_dense.deploy.errors import ExportError
+from convnext_dense.deploy.export import export_graph
+from convnext_dense.deploy.quantize import (
+    MIN_CALIB_IMAGES,
+    QuantizationPolicy,
+    calibration_count,
+    export_int8,
+    nodes_to_quantize,
+)
+from tests.conftest import run_tool_main
+
+REPO = Path(__file__).resolve().parents[2]
+SEG_DEMO = str(REPO / 'configs/demo/upernet_convnext_demo.py')
+DET_DEMO = str(REPO / 'configs/demo/mask_rcnn_convnext_demo.py')
+CASCADE = str(REPO / 'configs/cascade_mask_rcnn_convnext_t_coco.py')
+
+
+class Exports(NamedTuple):
+    graph: torch.nn.Module  # the exported module (fp32, eager)
+    int8: Path
+    options: dict
+
+
+@pytest.fixture(scope='module')
+def exports(tmp_path_factory) -> Exports:
+    tmp = tmp_path_factory.mktemp('int8')
+    data_root = make_ade20k_dataset(tmp / 'data', num_train=6, num_val=1, image_size=(64, 96),
+                                    seed=5)
+    options = data_root_options(Config.fromfile(SEG_DEMO), data_root)
+    torch.manual_seed(0)
+    model = build_model(load_config(SEG_DEMO, options))
+    with torch.no_grad():  # no two weights alike (the exporter shares equal initializers)
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    torch.save({'state_dict': model.state_dict()}, tmp / 'seg.pth')
+    int8 = export_int8(SEG_DEMO, str(tmp / 'seg.pth'), tmp / 'int8', calib_images=4,
+                       cfg_options=options)
+    return Exports(export_graph(model, 'segmentation').eval(), int8, options)
+
+
+def _producers(graph) -> dict[str, onnx.NodeProto]:
+    return {output: node for node in graph.node for output in node.output}
+
+
+def test_int8_graph_is_qdq_with_per_channel_weights_and_fp32_layer_norms(exports):
+    graph = onnx.load(str(exports.int8)).graph
+    producers = _producers(graph)
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    weighted = [n for n in graph.node if n.op_type in ('Conv', 'MatMul')
+                and n.input[1] in producers and producers[n.input[1]].op_type == 'DequantizeLinear']
+    assert len(weighted) >= 30  # every Conv and pointwise MatMul of backbone and head
+    for node in weighted:
+        dequantize = producers[node.input[1]]
+        weight, scale = (initializers[name] for name in dequantize.input[:2])
+        assert weight.dtype == np.int8
+        assert scale.size == weight.shape[0 if node.op_type == 'Conv' else 1] > 1  # per channel
+        data = producers[node.input[0]]
+        assert data.op_type == 'DequantizeLinear'  # uint8 activations
+        assert initializers[data.input[2]].dtype == np.uint8
+    norms = [n for n in graph.node if n.op_type == 'LayerNormalization']
+    assert len(norms) == 20
+    for node in norms:  # fp32 in, fp32 weights
+        assert all(producers.get(name) is None or producers[name].op_type != 'DequantizeLinear'
+                   for name in node.input)
+        for name in node.input[1:]:  # weight, bias: fp32 initializers (or their Identity)
+            while name in producers and producers[name].op_type == 'Identity':
+                name = producers[name].input[0]
+            assert initializers[name].dtype == np.float32
+    # the adaptive pooling's MatMul of two activations stays fp32
+    pooling = [n for n in graph.node if n.op_type == 'MatMul' and 'psp_modules' in n.name]
+    assert pooling and all(producers[n.input[1]].op_type != 'DequantizeLinear' for n in pooling)
+    info = json.loads((exports.int8.parent / 'deploy.json').read_text())
+    assert info['quantization']['calibration_images'] == 4
+    assert info['quantization']['quantized_nodes'] == len(weighted)
+    fp32_bytes = sum(p.numel() * 4 for p in exports.graph.parameters())
+    assert exports.int8.stat().st_size < 0.4 * fp32_bytes
+
+
+def test_int8_logits_are_close_to_fp32(exports):
+    generator = np.random.default_rng(0)
+    batch = generator.normal(size=(1, 3, 64, 96)).astype(np.float32)
+    with torch.no_grad():
+        fp32 = exports.graph(torch.from_numpy(batch)).numpy()
+    int8 = ort.InferenceSession(str(exports.int8), providers=['CPUExecutionProvider']).run(
+        None, {'input': batch})[0]
+    relative = np.linalg.norm(int8 - fp32) / np.linalg.norm(fp32)
+    assert relative < 0.1, relative
+    assert (int8.argmax(1) == fp32.argmax(1)).mean() > 0.9
+
+
+def _graph_of(nodes: list[onnx.NodeProto], weights: list[str]) -> onnx.ModelProto:
+    initializers = [numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), name)
+                    for name in weights]
+    value = onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, None)
+    return onnx.helper.make_model(onnx.helper.make_graph(nodes, 'g', [value], [value],
+                                                         initializers))
+
+
+def test_policy_keeps_depthwise_convolutions_and_heads_fp32():
+    make = onnx.helper.make_node
+    model = _graph_of([
+        make('Conv', ['x', 'w0'], ['a'], name='/backbone/stages.0/dwconv/Conv', group=4),
+        make('MatMul', ['a', 'w1'], ['b'], name='/backbone/stages.0/pwconv1/MatMul'),
+        make('Conv', ['b', 'w2'], ['c'], name='/decode_head/conv_seg/Conv', group=1),
+        make('MatMul', ['c', 'c'], ['d'], name='/decode_head/pool/MatMul'),  # no weight
+        make('LayerNormalization', ['d', 'w3'], ['x'], name='/backbone/norm0/LN'),
+    ], ['w0', 'w1', 'w2', 'w3'])
+    quantized = {(depthwise, heads): nodes_to_quantize(model, QuantizationPolicy(depthwise,
+                                                                                   heads))
+                 for depthwise in (True, False) for heads in (True, False)}
+    assert quantized == {
+        (True, True): ['/backbone/stages.0/dwconv/Conv', '/backbone/stages.0/pwconv1/MatMul',
+                       '/decode_head/conv_seg/Conv'],
+        (True, False): ['/backbone/stages.0/dwconv/Conv', '/backbone/stages.0/pwconv1/MatMul'],
+        (False, True): ['/backbone/stages.0/pwconv1/MatMul', '/decode_head/conv_seg/Conv'],
+        (False, False): ['/backbone/stages.0/pwconv1/MatMul']}
+
+
+@pytest.mark.parametrize('requested, available, message', [
+    (MIN_CALIB_IMAGES - 1, 600, 'too few calibration images'),
+    (10, 6, 'has only 6 images'),
+    (None, MIN_CALIB_IMAGES - 1, 'too few calibration images'),
+])
+def test_too_few_calibration_images_are_refused(requested, available, message):
+    with pytest.raises(ExportError, match=message):
+        calibration_count(requested, available, 'data/x')
+
+
+def test_default_calibration_count_is_capped_by_the_set():
+    assert calibration_count(None, 6, 'data/x') == 6
+    assert calibration_count(None, 10_000, 'data/x') == 256
+
+
+def test_int8_of_an_unverified_model_type_is_refused_by_name(tmp_path):
+    with pytest.raises(ExportError, match='--int8 is not verified for a CascadeRCNN with '
+                                          'CascadeRoIHead'):
+        export_int8(CASCADE, None, tmp_path / 'out')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_export_int8_refuses_more_images_than_the_training_set_has(exports, tmp_path):
+    with pytest.raises(ExportError, match='--calib-images 7: the training set .* has only 6'):
+        export_int8(SEG_DEMO, None, tmp_path / 'out', calib_images=7,
+                    cfg_options=exports.options)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_tools_export_int8_prints_the_refusal(tmp_path):
+    result = run_tool_main('export', CASCADE, 'x.pth', '--out-dir', str(tmp_path / 'o'),
+                           '--int8')
+    assert result.returncode == 1
+    assert result.stderr.startswith('error: ') and '--int8 is not verified' in result.stderr
+    with pytest.raises(SystemExit):
+        run_tool_main('export', CASCADE, 'x.pth', '--out-dir', str(tmp_path / 'o'),
+                      '--calib-images', '8')
