@@ -25,6 +25,7 @@ from .errors import ExportError
 from .format import (
     BOX_OUTPUT_NAMES,
     DEPLOY_FILE,
+    EXPORTED_QUERY_DECODE_HEADS,
     INPUT_NAMES,
     ONNX_FILE,
     OUTPUT_NAMES,
@@ -39,6 +40,9 @@ DEFAULT_OPSET = 17
 def export_graph(model: nn.Module, task: str) -> nn.Module:
     """The module whose forward is the exported graph."""
     if task == 'segmentation':
+        if type(model.decode_head).__name__ in EXPORTED_QUERY_DECODE_HEADS:
+            from .mask2former import Mask2FormerSegmentorExport
+            return Mask2FormerSegmentorExport(model)
         from .segmentation import SegmentorExport
         return SegmentorExport(model)
     from .detection import TwoStageDetectorExport

@@ -25,9 +25,11 @@ INPUT_NAMES = {'segmentation': ['input'], 'detection': ['input', 'img_shape']}
 #: the model types that export, and their task
 SUPPORTED_MODELS = {'EncoderDecoder': 'segmentation', 'MaskRCNN': 'detection',
                     'FasterRCNN': 'detection', 'CascadeRCNN': 'detection'}
-#: mmseg decode heads that classify masks, not pixels: their forward gives per-query class
-#: scores and masks, not the logits map the exported segmentation graph ends in
-QUERY_DECODE_HEADS = ('Mask2FormerHead', 'MaskFormerHead')
+#: mmseg decode heads that classify masks, not pixels, and export (:mod:`.mask2former`): the
+#: graph sums the queries' class and mask probabilities into the ``seg_logits`` map
+EXPORTED_QUERY_DECODE_HEADS = ('Mask2FormerHead',)
+#: the other mmseg decode heads that classify masks: not exported
+QUERY_DECODE_HEADS = ('MaskFormerHead',)
 
 
 def require_onnx() -> tuple[Any, Any]:
@@ -67,6 +69,7 @@ def task_of(cfg: Config) -> str:
     if head_type in QUERY_DECODE_HEADS:
         raise ExportError(f'{source}: cannot export a {model_type} with a {head_type}: '
                           'supported segmentors have a per-pixel decode head (UPerHead, '
-                          'DepthwiseSeparableASPPHead, FCNHead, ...); query-based heads '
+                          'DepthwiseSeparableASPPHead, FCNHead, ...) or '
+                          f'{", ".join(EXPORTED_QUERY_DECODE_HEADS)}; other query-based heads '
                           f'({", ".join(QUERY_DECODE_HEADS)}) are not exported')
     return SUPPORTED_MODELS[model_type]
