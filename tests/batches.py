@@ -15,8 +15,10 @@ def mask_rcnn_batch(model: nn.Module, training: bool = True) -> dict:
     sample = DetDataSample(metainfo=dict(img_shape=(128, 160), ori_shape=(128, 160),
                                          scale_factor=(1.0, 1.0), pad_shape=(128, 160),
                                          batch_input_shape=(128, 160)))
-    mask = torch.zeros(1, 128, 160, dtype=torch.bool)
-    mask[:, 20:80, 30:100] = True
+    # uint8, as mmdet's LoadAnnotations makes them: OpenCV < 4.13 (the onedl stack's) refuses
+    # to pad bool masks (copyMakeBorder), OpenCV 5 pads either
+    mask = torch.zeros(1, 128, 160, dtype=torch.uint8)
+    mask[:, 20:80, 30:100] = 1
     sample.gt_instances = InstanceData(bboxes=torch.tensor([[30., 20., 100., 80.]]),
                                        labels=torch.tensor([3]),
                                        masks=BitmapMasks(mask.numpy(), 128, 160))
