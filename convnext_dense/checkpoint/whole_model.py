@@ -8,7 +8,13 @@ this project's configs. Only keys under ``backbone.`` change:
   ``mmpretrain``): ``stages.N.M.depthwise_conv`` -> ``dwconv``, ``pointwise_convK`` ->
   ``pwconvK``; the downsampling layers and output norms ``norm{i}`` keep their names;
 * the paper's mmdet 2.x / mmseg 0.x release and this project's own checkpoints (layout
-  ``mmdet/mmseg``): the official names already; passed through, checked.
+  ``mmdet/mmseg``): the official names already; passed through, checked;
+* Hugging Face transformers' ``UperNetForSemanticSegmentation`` (layout
+  ``huggingface-upernet``, :mod:`.layouts.hf_upernet`): the backbone as transformers'
+  ConvNeXt layout, and the heads' ``batch_norm`` -> ``bn``, ``classifier`` -> ``conv_seg``
+  (the one layout whose heads are renamed); a ``save_pretrained`` directory's class names
+  (``id2label``) become ``meta['dataset_meta']['classes']`` (with a fixed palette), its
+  ``config.json`` is kept as ``meta['hf_config']``.
 
 Neck and head keys are kept as they are: Mask R-CNN, Cascade Mask R-CNN (``ConvFCBBoxHead``
 with shared convs) and UperNet + FCN auxiliary head use the same parameter names in mmdet 2.x
@@ -41,9 +47,12 @@ from .convert import (
     unwrap,
 )
 from .errors import CheckpointError
+from .hf_upernet import check_hf_upernet_fits, hf_dataset_meta, read_hf_config
 from .io import read_checkpoint, write_checkpoint_atomically
 from .layouts import describe_foreign, detect_format
 from .layouts.common import StateDict
+from .layouts.hf_upernet import LAYOUT as HF_UPERNET
+from .layouts.hf_upernet import complete_batch_norms, hf_head_key_to_dense
 from .model_fit import describe_misfit, describe_model
 from .safe_loading import mmengine_safe_globals
 
@@ -55,10 +64,15 @@ WHOLE_LAYOUTS = {
     'mmpretrain': 'mmdet 3.x / mmseg 1.x ConvNeXt configs, backbone mmpretrain.ConvNeXt',
     'mmdet/mmseg': "official backbone names: the paper's mmdet 2.x / mmseg 0.x release, "
                    "this project's checkpoints",
+    HF_UPERNET: 'Hugging Face transformers UperNetForSemanticSegmentation (ConvNeXt V1/V2 '
+                'backbone): a save_pretrained directory or its model.safetensors',
 }
+#: Layouts whose head keys are renamed too: layout -> the renaming of one head key.
+_HEAD_RENAMES = {HF_UPERNET: hf_head_key_to_dense}
 #: Checkpoint entries carried over besides the weights.
 _META_KEY = 'meta'
 _BACKBONE = 'backbone.'
+_MAX_PATTERNS = 6
 
 
 @dataclass
@@ -74,6 +88,8 @@ class WholeConversion:
     meta: dict[str, Any] = field(default_factory=dict)
     left_out: list[str] = field(default_factory=list)
     config: str | None = None
+    heads_renamed: dict[str, str] = field(default_factory=dict)
+    added: list[str] = field(default_factory=list)
 
     @property
     def model(self) -> str:
@@ -84,6 +100,9 @@ class WholeConversion:
         """A short human-readable summary: what was renamed, kept, left out and checked."""
         backbone = sum(k.startswith(_BACKBONE) for k in self.state_dict)
         renames = Counter(_rename_pattern(old, new) for old, new in self.renamed.items())
+        if len(renames) > _MAX_PATTERNS:  # restructured names: the modules that map
+            renames = Counter(f'{old.split(".")[1]} -> {new.split(".")[1]}'
+                              for old, new in self.renamed.items())
         lines = [f'source:    {self.source}',
                  f'format:    {self.src_format} ({WHOLE_LAYOUTS[self.src_format]})',
                  f'model:     {self.model}',
@@ -92,6 +111,13 @@ class WholeConversion:
                      f'{len(self.renamed)} renamed: ' + ', '.join(
                          f'{pattern} ({count})' for pattern, count in renames.items())
                      if self.renamed else "none renamed (already this project's layout)"),
+                 *([f'heads:     {len(self.heads_renamed)} tensors renamed: ' + ', '.join(
+                     f'{pattern} ({count})' for pattern, count in Counter(
+                         _rename_pattern(old, new)
+                         for old, new in self.heads_renamed.items()).items())]
+                   if self.heads_renamed else []),
+                 *([f'added:     {len(self.added)} BatchNorm step counters the source lacks '
+                    '(num_batches_tracked = 0; they change no output)'] if self.added else []),
                  f'kept:      {len(self.kept)} tensors as they are: {summarise_keys(self.kept)}',
                  f'meta:      {", ".join(sorted(self.meta)) or "none"} kept; the conversion '
                  "recorded under meta['convnext_dense']"]
@@ -170,9 +196,13 @@ def convert_whole_checkpoint(checkpoint: dict[str, Any], source: str = '<in memo
     if len(old_keys) != len(new_keys):  # the layout left out a backbone tensor
         raise CheckpointError(f'{source}: backbone tensors without a place in this backbone: '
                               + summarise_keys(sorted(set(backbone.dropped) & set(old_keys))))
-    kept = [k for k in state_dict if not k.startswith(_BACKBONE)]
+    heads = [k for k in state_dict if not k.startswith(_BACKBONE)]
+    rename_head = _HEAD_RENAMES.get(detected, lambda key: key)
+    heads_renamed = {k: new for k in heads if (new := rename_head(k)) != k}
+    kept = [k for k in heads if k not in heads_renamed]
     converted = dict(zip(new_keys, backbone.state_dict.values()))
-    converted.update((k, state_dict[k]) for k in kept)
+    converted.update((heads_renamed.get(k, k), state_dict[k]) for k in heads)
+    added = complete_batch_norms(converted) if detected in _HEAD_RENAMES else []
     weights_entry = next((k for k in MAIN_WEIGHT_KEYS if isinstance(checkpoint.get(k), dict)),
                          None)
     # a bare state dict has no meta and no training state
@@ -181,13 +211,23 @@ def convert_whole_checkpoint(checkpoint: dict[str, Any], source: str = '<in memo
     return WholeConversion(
         source, detected, backbone.arch, converted,
         renamed={old: new for old, new in zip(old_keys, new_keys) if old != new},
-        kept=kept, meta=dict(meta) if isinstance(meta, dict) else {}, left_out=left_out)
+        kept=kept, meta=dict(meta) if isinstance(meta, dict) else {}, left_out=left_out,
+        heads_renamed=heads_renamed, added=added)
 
 
 def read_whole_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint safely; mmengine's training state (message hub) is allowed."""
+    """Read a checkpoint safely; mmengine's training state (message hub) is allowed.
+
+    A transformers UperNet directory gives its weights with a ``meta``: the class names
+    (``dataset_meta``) and its ``config.json`` (``hf_config``).
+    """
     with torch.serialization.safe_globals(mmengine_safe_globals()):
-        return read_checkpoint(src)
+        checkpoint = read_checkpoint(src)
+    hf_config = read_hf_config(src) if os.path.isdir(src) else None
+    if hf_config is None:
+        return checkpoint
+    return {'state_dict': checkpoint, _META_KEY: {
+        'dataset_meta': hf_dataset_meta(hf_config), 'hf_config': hf_config}}
 
 
 # --- fitting a built model ---------------------------------------------------------------
@@ -201,6 +241,9 @@ def check_against_model(conversion: WholeConversion, model: nn.Module, name: str
         CheckpointError: names what differs in words (number of classes, head type,
             backbone arch) and the first mismatching keys.
     """
+    if conversion.src_format == HF_UPERNET:  # the settings the weights do not show too
+        check_hf_upernet_fits(conversion.state_dict, conversion.meta, model,
+                              conversion.source, name)
     problem = describe_misfit(conversion.state_dict, model, conversion.source, name)
     if problem:
         raise CheckpointError(problem)

@@ -455,7 +455,8 @@ def test_other_models_and_stray_backbone_keys_are_named():
                                               'counterpart'):
         convert_whole_checkpoint(checkpoint, 'stray.pth')
     with pytest.raises(CheckpointError, match='src_format for a whole model must be one of '
-                                              "mmpretrain, mmdet/mmseg, got 'timm'"):
+                                              'mmpretrain, mmdet/mmseg, huggingface-upernet, '
+                                              "got 'timm'"):
         convert_whole_checkpoint(checkpoint, 'x.pth', src_format='timm')
 
 

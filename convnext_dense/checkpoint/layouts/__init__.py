@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .common import Converter, StateDict
 from .fcmae import fcmae_to_official, is_fcmae
 from .foreign import describe_foreign
+from .hf_upernet import hf_upernet_to_official, is_hf_upernet
 from .huggingface import (
     huggingface_dinov3_to_official,
     huggingface_to_official,
@@ -46,6 +47,8 @@ LAYOUTS = (
     Layout('timm', 'timm (.pth or .safetensors)', is_timm, timm_to_official),
     Layout('mmpretrain', 'mmpretrain classifiers; mmdet 3.x / mmseg 1.x ConvNeXt models',
            is_mmpretrain, mmpretrain_to_official),
+    Layout('huggingface-upernet', 'Hugging Face UperNetForSemanticSegmentation with a ConvNeXt '
+           '(V1/V2) backbone', is_hf_upernet, hf_upernet_to_official),
     Layout('huggingface', 'Hugging Face ConvNextModel/ConvNextV2Model, *ForImageClassification, '
            '*Backbone', is_huggingface, huggingface_to_official),
     Layout('huggingface-dinov3', 'Hugging Face DINOv3ConvNextModel/Backbone',

@@ -52,7 +52,7 @@ _DINOV3_RULES = compile_rules(
 
 #: config.json ``model_type`` values this package reads, and the layout of their weights.
 MODEL_TYPES = {'convnext': 'huggingface', 'convnextv2': 'huggingface',
-               'dinov3_convnext': 'huggingface-dinov3'}
+               'dinov3_convnext': 'huggingface-dinov3', 'upernet': 'huggingface-upernet'}
 #: Weight files of a saved model directory, in the order transformers prefers them.
 _WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 
@@ -87,9 +87,19 @@ def check_model_config(config: dict[str, Any], source: str) -> str:
     """Check a saved model's ``config.json``; return the layout of its weights.
 
     Refuses other architectures and ConvNeXt variants this backbone does not
-    compute (another activation, patch size, stage count or LayerNorm epsilon).
+    compute (another activation, patch size, stage count or LayerNorm epsilon). A
+    ``UperNetForSemanticSegmentation`` (``upernet``) is checked by its ``backbone_config``.
     """
     model_type = config.get('model_type')
+    if model_type == 'upernet':  # a whole UperNet: its backbone must be a ConvNeXt (V1/V2)
+        backbone = config.get('backbone_config')
+        if not isinstance(backbone, dict) or backbone.get('model_type') not in (
+                'convnext', 'convnextv2'):
+            what = backbone.get('model_type') if isinstance(backbone, dict) else backbone
+            raise CheckpointError(f'{source}: a UperNet whose backbone_config is {what!r}, not '
+                                  'a ConvNeXt; expected model_type convnext or convnextv2')
+        check_model_config(backbone, f'{source} backbone_config')
+        return MODEL_TYPES[model_type]
     if model_type not in MODEL_TYPES:
         architectures = ', '.join(config.get('architectures') or []) or 'not named'
         raise CheckpointError(
