@@ -7,7 +7,9 @@ Used where trained weights meet a config's model: ``tools/convert_checkpoint.py 
 ``load_from`` (a misfit is logged as a warning: fine-tuning on another class count is
 normal, and mmengine loads what fits). Besides the first missing, unexpected and wrongly
 shaped keys, a misfit is named: number of classes, head type (a Mask R-CNN checkpoint for
-a Cascade config, a segmentor for a detector) and backbone arch.
+a Cascade config, a segmentor for a detector), backbone arch, and the OpenMMLab stack of a
+DINO checkpoint (its decoder's ``ref_point_head`` takes ``embed_dims * 2`` inputs in
+upstream mmdet 3.3.0 and ``embed_dims * 4`` in onedl-mmdetection: :func:`dino_stack`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..stack import STACKS
 from ..utils import first_n_and_more
 from .convert import ArchInfo
 from .errors import CheckpointError
@@ -30,6 +33,50 @@ from .safe_loading import mmengine_safe_globals
 _CLASSIFIERS = ('fc_cls', 'conv_logits', 'conv_seg', 'conv_cls')
 _MAX_LISTED = 4
 _BACKBONE = 'backbone.'
+#: DINO's decoder: input width of ``ref_point_head`` in multiples of ``embed_dims`` -> the
+#: stack whose mmdet builds it that way
+DINO_REF_POINT_INPUTS = {2: 'upstream', 4: 'onedl'}
+_REF_POINT_WEIGHT = 'ref_point_head.layers.0.weight'
+
+
+def dino_stack(state_dict: StateDict) -> str | None:
+    """The stack (``'upstream'`` or ``'onedl'``) a DINO model's weights were built with,
+    read from its decoder's ``ref_point_head``; None for other models."""
+    for key, value in state_dict.items():
+        if key.endswith('decoder.' + _REF_POINT_WEIGHT) and value.ndim == 2:
+            stack = _stack_of_ref_point_weight(value.shape)
+            if stack is not None:
+                return stack
+    return None
+
+
+def _stack_of_ref_point_weight(shape: torch.Size) -> str | None:
+    embed_dims, inputs = shape
+    return DINO_REF_POINT_INPUTS.get(inputs // embed_dims) if inputs % embed_dims == 0 else None
+
+
+def _mmdet_of(stack: str) -> str:
+    dist, version = STACKS[stack]['mmdet']
+    return f'{dist} {version}'
+
+
+def _dino_stack_problem(model: nn.Module, key: str, actual: torch.Size,
+                        expected: torch.Size) -> str | None:
+    """Name the stacks when a DINO decoder's ``ref_point_head`` differs only by stack."""
+    if not key.endswith(_REF_POINT_WEIGHT) or len(actual) != 2 or len(expected) != 2:
+        return None
+    owner = model.get_submodule(key[:-len(_REF_POINT_WEIGHT)].rstrip('.'))
+    if type(owner).__name__ != 'DinoTransformerDecoder' or actual[0] != expected[0]:
+        return None
+    checkpoint, config = _stack_of_ref_point_weight(actual), _stack_of_ref_point_weight(expected)
+    if checkpoint is None or config is None or checkpoint == config:
+        return None
+    return (f'OpenMMLab stack: this DINO checkpoint was made with the {checkpoint} stack '
+            f'({_mmdet_of(checkpoint)}: ref_point_head takes embed_dims * {actual[1] // actual[0]}'
+            f' inputs), the config\'s model is built by the {config} stack installed here '
+            f'({_mmdet_of(config)}: embed_dims * {expected[1] // expected[0]}); a DINO checkpoint '
+            f'only loads on the stack it was made with: use it where the {checkpoint} stack is '
+            f'installed (make ... STACK={checkpoint})')
 
 
 def describe_model(keys: Iterable[str]) -> str:
@@ -124,6 +171,9 @@ def misfit(state_dict: StateDict, model: nn.Module) -> tuple[list[str], list[str
             (classifiers if reason else shapes).append(line)
             if reason and reason not in reasons:
                 reasons.append(reason)
+            stack = _dino_stack_problem(model, key, actual.shape, value.shape)
+            if stack is not None:
+                reasons.insert(0, stack)
     shapes = classifiers + shapes
     unexpected = [k for k in state_dict if k not in expected]
     missing = [k for k in expected if k not in state_dict]
@@ -175,4 +225,5 @@ def read_model_weights(checkpoint: str | os.PathLike) -> StateDict:
     return {k.removeprefix('module.'): v for k, v in state.items()}
 
 
-__all__ = ['describe_misfit', 'describe_model', 'misfit', 'read_model_weights']
+__all__ = ['DINO_REF_POINT_INPUTS', 'describe_misfit', 'describe_model', 'dino_stack', 'misfit',
+           'read_model_weights']
