@@ -13,11 +13,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from convnext_dense.apis.inference import describe_failures, run_inference
 from convnext_dense.checkpoint.errors import CheckpointError
 from convnext_dense.deploy.runtime import load_onnx_model  # registers the ONNX Runtime models
+from convnext_dense.deploy.sessions import RUNTIMES, runtime_for
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detections drawn from this score up (all go into the JSON)')
     parser.add_argument('--device', help='cpu, cuda or cuda:N for a .pth (default: cuda if '
-                        'available, else cpu); an .onnx runs on the CPU (ONNX Runtime)')
+                        'available, else cpu); an .onnx runs on the CPU (--runtime)')
+    parser.add_argument('--runtime', choices=RUNTIMES,
+                        help='runtime of an exported end2end.onnx (default onnxruntime)')
     parser.add_argument('--force', action='store_true',
                         help='replace an earlier tools/infer.py output in --out-dir (the '
                              'predictions files and the drawings and class maps they list); '
@@ -47,9 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        runtime = runtime_for(args.model, args.runtime)
         result = run_inference(args.config, args.model, args.inputs, args.out_dir,
                                args.score_thr, args.force, args.cfg_options, args.device,
-                               args.progress, load_onnx=load_onnx_model)
+                               args.progress,
+                               load_onnx=functools.partial(load_onnx_model, runtime=runtime))
     except (CheckpointError, FileExistsError, FileNotFoundError, ImportError,
             ValueError) as exc:
         print(f'error: {exc}', file=sys.stderr)

@@ -1,7 +1,8 @@
 """Evaluate a checkpoint of an mmdet or mmseg model (COCO bbox/segm mAP, mIoU, ...).
 
-CHECKPOINT is a .pth, or an end2end.onnx written by tools/export.py (run by ONNX Runtime,
-evaluated with the config's own evaluator). A .pth whose weights do not fit the config's
+CHECKPOINT is a .pth, or an end2end.onnx written by tools/export.py (fp32 or int8, run by
+ONNX Runtime or, with --runtime openvino, OpenVINO; evaluated with the config's own
+evaluator). A .pth whose weights do not fit the config's
 model (another number of classes, head type or arch; an unconverted mmdet 3.x / mmseg 1.x
 ConvNeXt checkpoint) is refused before anything is evaluated, saying what differs.
 
@@ -11,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import numbers
 import sys
 
@@ -21,6 +23,7 @@ from convnext_dense.apis.runner import (
     prepare_test_cfg,
 )
 from convnext_dense.deploy.runtime import use_onnx_runtime  # registers the ONNX Runtime models
+from convnext_dense.deploy.sessions import RUNTIMES, runtime_for
 from convnext_dense.engine.dist import destroy_process_group_after_success
 
 
@@ -32,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--show-dir', help='save images with the predictions drawn into it')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation '
                         '(multi-scale + flip, as the config\'s tta_pipeline defines)')
+    parser.add_argument('--runtime', choices=RUNTIMES,
+                        help='runtime of an exported end2end.onnx (default onnxruntime)')
     return parser.parse_args(argv)
 
 
@@ -40,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     # the process group that build_runner (or mmengine) initialises ends with the run
     with destroy_process_group_after_success():
         try:
+            runtime = runtime_for(args.checkpoint, args.runtime)
             cfg = prepare_test_cfg(args.config, args.checkpoint, args.work_dir, args.show_dir,
                                    args.tta, args.cfg_options, args.launcher,
-                                   onnx_runtime=use_onnx_runtime)
+                                   onnx_runtime=functools.partial(use_onnx_runtime,
+                                                                  runtime=runtime))
             runner = build_runner(cfg)  # an end2end.onnx is opened and checked here
         except (DatasetNotFoundError, FileNotFoundError, ImportError, ValueError) as exc:
             print(f'error: {exc}', file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Exported models run by ONNX Runtime, tested and used like the PyTorch models.
+"""Exported models run by ONNX Runtime (or OpenVINO: :mod:`.sessions`), tested and used like
+the PyTorch models.
 
 :class:`ONNXRuntimeDetector` and :class:`ONNXRuntimeSegmentor` are mmengine models: the
 config's own data preprocessor prepares the batch, ONNX Runtime runs ``end2end.onnx``, and the
@@ -30,7 +31,8 @@ from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
 
 from ..apis.toolbox import toolbox_of
-from .format import BOX_OUTPUT_NAMES, DEPLOY_FILE, INPUT_NAMES, OUTPUT_NAMES, require_onnx, task_of
+from .format import BOX_OUTPUT_NAMES, DEPLOY_FILE, INPUT_NAMES, OUTPUT_NAMES, task_of
+from .sessions import DEFAULT_RUNTIME, RuntimeLoadError, check_runtime, open_runtime_session
 
 
 class ExportedModelMismatch(ValueError):
@@ -38,28 +40,22 @@ class ExportedModelMismatch(ValueError):
 
 
 def open_session(onnx_file: str | os.PathLike, task: str, num_classes: int,
-                 threads: int | None = None) -> tuple[Any, dict]:
-    """An ONNX Runtime CPU session for ``onnx_file`` and its ``deploy.json``, checked.
+                 threads: int | None = None,
+                 runtime: str = DEFAULT_RUNTIME) -> tuple[Any, dict]:
+    """A CPU session of ``runtime`` (:mod:`.sessions`: ONNX Runtime or OpenVINO) for
+    ``onnx_file`` and its ``deploy.json``, checked.
 
     Raises:
         FileNotFoundError: the file or its ``deploy.json`` is missing.
         ExportedModelMismatch: input/output names or the number of classes are not the
             config's.
     """
-    _, ort = require_onnx()
     onnx_file = Path(onnx_file)
-    if not onnx_file.is_file():
-        raise FileNotFoundError(f'{onnx_file}: no such ONNX file')
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(onnx_file), options,
-                                       providers=['CPUExecutionProvider'])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ExportedModelMismatch(f'{onnx_file}: ONNX Runtime cannot load it: {exc}') from None
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
+        session = open_runtime_session(onnx_file, runtime, threads)
+    except RuntimeLoadError as exc:
+        raise ExportedModelMismatch(str(exc)) from None
+    inputs, outputs = session.input_names, session.output_names
     expected = [OUTPUT_NAMES[task]] + ([BOX_OUTPUT_NAMES] if task == 'detection' else [])
     if inputs != INPUT_NAMES[task] or outputs not in expected:
         raise ExportedModelMismatch(
@@ -87,15 +83,16 @@ class _ONNXRuntimeModel(BaseModel):
     task = ''
 
     def __init__(self, onnx_file: str, num_classes: int, data_preprocessor: dict | None = None,
-                 threads: int | None = None, init_cfg: dict | None = None) -> None:
+                 threads: int | None = None, init_cfg: dict | None = None,
+                 runtime: str = DEFAULT_RUNTIME) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.onnx_file = str(onnx_file)
         self.session, self.deploy_info = open_session(onnx_file, self.task, num_classes,
-                                                      threads)
+                                                      threads, runtime)
 
     def run(self, inputs: torch.Tensor) -> list[np.ndarray]:
         batch = inputs.detach().cpu().float().contiguous().numpy()
-        return self.session.run(None, {'input': batch})
+        return self.session.run({'input': batch})
 
     def forward(self, inputs: torch.Tensor, data_samples: list | None = None,
                 mode: str = 'predict') -> list:
@@ -118,8 +115,9 @@ class ONNXRuntimeSegmentor(_ONNXRuntimeModel):
     task = 'segmentation'
 
     def __init__(self, onnx_file: str, num_classes: int, data_preprocessor: dict | None = None,
-                 threads: int | None = None, init_cfg: dict | None = None) -> None:
-        super().__init__(onnx_file, num_classes, data_preprocessor, threads, init_cfg)
+                 threads: int | None = None, init_cfg: dict | None = None,
+                 runtime: str = DEFAULT_RUNTIME) -> None:
+        super().__init__(onnx_file, num_classes, data_preprocessor, threads, init_cfg, runtime)
         missing = [key for key in ('align_corners',) if key not in self.deploy_info]
         if missing:
             raise ExportedModelMismatch(
@@ -159,9 +157,9 @@ class ONNXRuntimeDetector(_ONNXRuntimeModel):
 
     def __init__(self, onnx_file: str, num_classes: int, with_mask: bool | None = None,
                  data_preprocessor: dict | None = None, threads: int | None = None,
-                 init_cfg: dict | None = None) -> None:
-        super().__init__(onnx_file, num_classes, data_preprocessor, threads, init_cfg)
-        self.output_names = [o.name for o in self.session.get_outputs()]
+                 init_cfg: dict | None = None, runtime: str = DEFAULT_RUNTIME) -> None:
+        super().__init__(onnx_file, num_classes, data_preprocessor, threads, init_cfg, runtime)
+        self.output_names = self.session.output_names
         exported = 'masks' in self.output_names
         if with_mask is not None and bool(with_mask) != exported:
             raise ExportedModelMismatch(
@@ -171,7 +169,7 @@ class ONNXRuntimeDetector(_ONNXRuntimeModel):
     def predict(self, inputs: torch.Tensor, data_samples: list) -> list:
         feed = {'input': inputs.detach().cpu().float().contiguous().numpy(),
                 'img_shape': np.array([s.img_shape[:2] for s in data_samples], dtype=np.int64)}
-        outputs = dict(zip(self.output_names, self.session.run(None, feed)))
+        outputs = dict(zip(self.output_names, self.session.run(feed)))
         return detections_to_samples(outputs, data_samples,
                                      self.deploy_info.get('mask_threshold', 0.5))
 
@@ -211,10 +209,15 @@ def detections_to_samples(outputs: dict[str, Any], data_samples: list,
     return data_samples
 
 
-def runtime_model_cfg(cfg: Config, onnx_file: str) -> dict:
-    """The ``model`` config that runs ``onnx_file`` in place of the config's model."""
+def runtime_model_cfg(cfg: Config, onnx_file: str, runtime: str = DEFAULT_RUNTIME) -> dict:
+    """The ``model`` config that runs ``onnx_file`` with ``runtime`` (:mod:`.sessions`) in
+    place of the config's model."""
     task = task_of(cfg)
-    if task == 'detection':
+    if task == 'detection' and 'roi_head' not in cfg.model:  # DINO: one head, no masks
+        num_classes = cfg.model.bbox_head.num_classes
+        model_type = 'ONNXRuntimeDetector'
+        extra = dict(with_mask=False)
+    elif task == 'detection':
         heads = cfg.model.roi_head.bbox_head
         num_classes = (heads[-1] if isinstance(heads, (list, tuple)) else heads).num_classes
         model_type = 'ONNXRuntimeDetector'
@@ -224,12 +227,16 @@ def runtime_model_cfg(cfg: Config, onnx_file: str) -> dict:
         model_type = 'ONNXRuntimeSegmentor'
         extra = {}
     return dict(type=model_type, onnx_file=str(onnx_file), num_classes=num_classes,
-                data_preprocessor=cfg.model.data_preprocessor, **extra)
+                data_preprocessor=cfg.model.data_preprocessor, runtime=check_runtime(runtime),
+                **extra)
 
 
-def use_onnx_runtime(cfg: Config, onnx_file: str, tta: bool = False) -> None:
-    """Test an exported ``end2end.onnx`` with ONNX Runtime in place of the config's model
-    (``prepare_test_cfg(..., onnx_runtime=use_onnx_runtime)``, as tools/test.py does)."""
+def use_onnx_runtime(cfg: Config, onnx_file: str, tta: bool = False,
+                     runtime: str = DEFAULT_RUNTIME) -> None:
+    """Test an exported ``end2end.onnx`` with ``runtime`` (ONNX Runtime by default, or
+    OpenVINO) in place of the config's model (``prepare_test_cfg(...,
+    onnx_runtime=use_onnx_runtime)``, as tools/test.py does; ``functools.partial`` chooses the
+    runtime)."""
     if tta:
         raise ValueError(f'{onnx_file}: --tta runs the PyTorch model at several scales; an '
                          'exported model is tested as exported (drop --tta)')
@@ -237,14 +244,14 @@ def use_onnx_runtime(cfg: Config, onnx_file: str, tta: bool = False) -> None:
     if test_cfg.get('mode') == 'slide':
         print_log(f'{onnx_file}: the exported segmentor infers on whole images (the config\'s '
                   f'model slides a {tuple(test_cfg.crop_size)} window)', logger='current')
-    cfg.model = runtime_model_cfg(cfg, onnx_file)
+    cfg.model = runtime_model_cfg(cfg, onnx_file, runtime)
     cfg.load_from = None
 
 
-def load_onnx_model(cfg: Config, onnx_file: str) -> BaseModel:
-    """The ONNX Runtime model of ``onnx_file`` for ``cfg``, in eval mode
+def load_onnx_model(cfg: Config, onnx_file: str, runtime: str = DEFAULT_RUNTIME) -> BaseModel:
+    """The model of ``onnx_file`` run by ``runtime`` for ``cfg``, in eval mode
     (``run_inference(..., load_onnx=load_onnx_model)``, as tools/infer.py does)."""
     toolbox = toolbox_of(cfg)
     registry = importlib.import_module(f'{toolbox}.registry').MODELS
     with DefaultScope.overwrite_default_scope(toolbox):
-        return registry.build(runtime_model_cfg(cfg, onnx_file)).eval()
+        return registry.build(runtime_model_cfg(cfg, onnx_file, runtime)).eval()
