@@ -45,6 +45,9 @@ def export_graph(model: nn.Module, task: str) -> nn.Module:
             return Mask2FormerSegmentorExport(model)
         from .segmentation import SegmentorExport
         return SegmentorExport(model)
+    if type(model).__name__ == 'DINO':
+        from .dino import DINOExport
+        return DINOExport(model)
     from .detection import TwoStageDetectorExport
     return TwoStageDetectorExport(model)
 
@@ -53,16 +56,20 @@ def check_exportable(model: nn.Module, task: str) -> None:
     """Refuse, before any tracing, a model whose settings the graph would not honour.
 
     Raises:
-        ExportError: naming each such setting (detectors: :func:`.detection.check_detector`).
+        ExportError: naming each such setting (detectors: :func:`.detection.check_detector`,
+            DINO: :func:`.dino.check_dino`).
     """
-    if task == 'detection':
+    if type(model).__name__ == 'DINO':
+        from .dino import check_dino
+        check_dino(model)
+    elif task == 'detection':
         from .detection import check_detector
         check_detector(model)
 
 
 def graph_output_names(cfg: Config, task: str) -> list[str]:
-    """The graph's outputs: a detector without a mask head has no ``masks``."""
-    if task == 'detection' and not cfg.model.roi_head.get('mask_head'):
+    """The graph's outputs: a detector without a mask head (DINO) has no ``masks``."""
+    if task == 'detection' and not (cfg.model.get('roi_head') or {}).get('mask_head'):
         return list(BOX_OUTPUT_NAMES)
     return list(OUTPUT_NAMES[task])
 
@@ -105,7 +112,9 @@ def deploy_info(cfg: Config, task: str, opset: int, dynamic: bool,
         channel_order='RGB' if to_rgb else 'BGR (as loaded)',
         pad_size_divisor=preprocessor.get('pad_size_divisor'),
         test_resize=_test_resize(cfg), classes=list(dataset_meta(cfg)['classes']))
-    if task == 'detection':
+    if task == 'detection' and cfg.model.type.split('.')[-1] == 'DINO':
+        info['score_threshold'] = 0.0  # DINO keeps the best max_per_img, whatever their score
+    elif task == 'detection':
         info['score_threshold'] = float(cfg.model.test_cfg.rcnn.score_thr)
         if 'masks' in info['output_names']:
             info['mask_threshold'] = float(cfg.model.test_cfg.rcnn.mask_thr_binary)
