@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import json
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
@@ -52,23 +54,33 @@ def configs(tmp_path_factory) -> dict[str, Config]:
     return dict(v1=v1, v2=v2)
 
 
-@pytest.fixture(scope='module', params=['v1', 'v2'])
-def converted(request, configs, tmp_path_factory):
-    """(version, transformers model, its directory, the converted checkpoint, the report):
-    V1 through the tool with --config, V2 through the function it calls."""
-    version = request.param
-    tmp = tmp_path_factory.mktemp(f'hf_upernet_{version}')
+def _convert(version: str, configs: dict[str, Config], tmp, through_tool: bool):
     hf = randomize_model_(transformers_upernet(v2=version == 'v2'), seed=int(version == 'v2'))
     hf.save_pretrained(tmp / 'hf')
     dst = tmp / 'converted.pth'
-    if version == 'v1':
+    if through_tool:
         result = run_tool_main('convert_checkpoint', '--whole', str(tmp / 'hf'), str(dst),
-                               '--config', configs['v1'].filename)
+                               '--config', configs[version].filename)
         assert result.returncode == 0, result.stderr
         report = result.stdout
     else:
-        report = convert_whole_for_config(tmp / 'hf', dst, config=configs['v2']).report()
+        report = convert_whole_for_config(tmp / 'hf', dst, config=configs[version]).report()
     return version, hf, tmp / 'hf', dst, report
+
+
+@pytest.fixture(scope='module')
+def converted_v1(configs, tmp_path_factory):
+    """(version, transformers model, its directory, the converted checkpoint, the report) of
+    V1, through the tool with --config."""
+    return _convert('v1', configs, tmp_path_factory.mktemp('hf_upernet_v1'), through_tool=True)
+
+
+@pytest.fixture(scope='module', params=['v1', 'v2'])
+def converted(request, configs, tmp_path_factory):
+    """V1 (:func:`converted_v1`) and V2, the latter through the function the tool calls."""
+    if request.param == 'v1':
+        return request.getfixturevalue('converted_v1')
+    return _convert('v2', configs, tmp_path_factory.mktemp('hf_upernet_v2'), through_tool=False)
 
 
 def test_converted_model_computes_transformers_logits(converted, configs):
@@ -80,6 +92,17 @@ def test_converted_model_computes_transformers_logits(converted, configs):
     assert actual.shape == expected.shape == (2, len(CLASSES), *INPUT.shape[2:])
     assert relative_error(actual, expected) < 1e-4, relative_error(actual, expected)
     assert relative_error(dense_auxiliary_logits(model), expected_aux) < 1e-4
+
+
+def test_tools_infer_takes_the_converted_checkpoint(converted_v1, configs, tmp_path):
+    dst = converted_v1[3]
+    image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / 'street.png'), image)
+    result = run_tool_main('infer', configs['v1'].filename, str(dst), str(tmp_path / 'street.png'),
+                           '--out-dir', str(tmp_path / 'out'), '--device', 'cpu',
+                           '--no-progress')
+    assert result.returncode == 0, result.stderr
+    assert any((tmp_path / 'out').rglob('street*'))
 
 
 def test_report_and_meta(converted):
