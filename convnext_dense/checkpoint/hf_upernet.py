@@ -78,10 +78,11 @@ def settings_of_hf_config(config: dict[str, Any], source: str) -> UperNetSetting
         raise CheckpointError(f'{source}: model_type {config.get("model_type")!r} with backbone '
                               f'{model_type!r}; expected a UperNet (model_type upernet) with a '
                               'convnext or convnextv2 backbone_config')
-    out_features = backbone.get('out_features') or [_STAGES[-1]]
+    out_features = backbone.get('out_features') or [  # older configs name indices only
+        f'stage{i}' for i in backbone.get('out_indices') or [NUM_STAGES]]
     if list(out_features) != _STAGES:
-        raise CheckpointError(f'{source}: backbone_config.out_features={out_features}; this '
-                              f'project\'s UperNet reads all four stages ({_STAGES})')
+        raise CheckpointError(f'{source}: backbone_config.out_features={list(out_features)}; '
+                              f'this project\'s UperNet reads all four stages ({_STAGES})')
     dims = tuple(backbone['hidden_sizes'])
     v2 = model_type == 'convnextv2'
     arch = ArchInfo(tuple(backbone['depths']), dims, use_grn=v2,

@@ -205,6 +205,23 @@ def test_upernet_with_another_backbone_is_refused(converted, tmp_path):
         convert_whole_file(tmp_path / 'hf')
 
 
+def test_backbone_stages_out_are_read_from_either_config_key(converted_v1, configs, tmp_path):
+    """Configs that name ``out_indices`` only; a UperNet on fewer stages is refused."""
+    directory = converted_v1[2]
+    config = json.loads((directory / 'config.json').read_text())
+    for name, out_indices in (('indices', [1, 2, 3, 4]), ('three', [2, 3, 4])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'model.safetensors').write_bytes(
+            (directory / 'model.safetensors').read_bytes())
+        backbone = {k: v for k, v in config['backbone_config'].items() if k != 'out_features'}
+        (tmp_path / name / 'config.json').write_text(json.dumps(
+            {**config, 'backbone_config': {**backbone, 'out_indices': out_indices}}))
+    convert_whole_for_config(tmp_path / 'indices', tmp_path / 'dst.pth', config=configs['v1'])
+    with pytest.raises(CheckpointError, match=r"out_features=\['stage2', 'stage3', 'stage4'\]; "
+                                              'this project.s UperNet reads all four stages'):
+        convert_whole_for_config(tmp_path / 'three', tmp_path / 'dst3.pth', config=configs['v1'])
+
+
 @pytest.mark.slow
 def test_t_sized_upernet_loads_strictly_into_the_t_config(tmp_path):
     """transformers' UperNet of the T config's shape (150 ADE20K labels, widths 512/256)."""
