@@ -1,5 +1,6 @@
-"""ONNX Runtime against PyTorch eager on this CPU: UperNet-T at 512x512, Mask R-CNN-T at
-800x1344 (the padded 800x1333 test scale), same threads, one process; a Markdown table.
+"""ONNX Runtime and OpenVINO, fp32 and int8, against PyTorch eager on this CPU: UperNet-T at
+512x512, Mask R-CNN-T at 800x1344 (the padded 800x1333 test scale), same threads, interleaved
+rounds, one process; Markdown tables.
 
 Written as a section of work_dirs/benchmark/benchmarks.md, or of the page --out names.
 
@@ -33,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--note', default='', help='a sentence added to the section (e.g. what '
                         'else ran on the machine)')
     parser.add_argument('--out', type=Path, default=DEFAULT_PAGE,
-                        help=f'page whose ONNX Runtime section is (re)written (default '
+                        help=f'page whose exported-runtimes section is (re)written (default '
                              f'{DEFAULT_PAGE}, the page tools/benchmark.py writes by default; '
                              'the committed page is --out docs/benchmarks.md)')
     return parser.parse_args(argv)
@@ -44,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for config, shape in CASES:
         results.append(compare(config, shape, args.threads, args.reps))
-        print(markdown(results[-1:]).splitlines()[-1], flush=True)
+        print(markdown(results[-1:]), flush=True)
     command = 'python tools/benchmark_onnx.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
     section = section_text(results, command.strip(), args.reps, args.threads, args.note)
     text = args.out.read_text() if args.out.is_file() else ''
     with atomic_file(args.out) as f:
         f.write(with_onnx_section(text, section).encode())
-    print(f'wrote the ONNX Runtime section of {args.out}')
+    print(f'wrote the exported-runtimes section of {args.out}')
     return 0
 
 

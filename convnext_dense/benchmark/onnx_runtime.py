@@ -1,10 +1,13 @@
-"""ONNX Runtime against PyTorch eager on the CPU, on the same exported computation.
+"""The exported runtimes against PyTorch eager on the CPU, on the same exported computation.
 
-Both sides run the graph of :mod:`convnext_dense.deploy` (the segmentors up to their decode
-head's logits; the detectors with NMS, boxes and masks): PyTorch eager runs the module that
-was exported, ONNX Runtime the exported file, with the same number of threads, alternating
-rounds, one process; the timed ONNX Runtime session runs without its profiler. A second
-session, with the profiler, says where ONNX Runtime's time goes, by operator type.
+Every side runs the graph of :mod:`convnext_dense.deploy` (the segmentors up to their decode
+head's logits; the detectors with NMS, boxes and masks): PyTorch eager runs the module that was
+exported; ONNX Runtime and OpenVINO (:mod:`convnext_dense.deploy.sessions`) run the fp32 file
+and its int8 quantization (:mod:`convnext_dense.deploy.quantize`: QDQ, per-channel weights,
+every weighted operator, calibrated on four random inputs: the weights are random too), with
+the same number of threads, in interleaved rounds (one round runs each runtime once), one
+process; the timed sessions run without a profiler. Separate ONNX Runtime sessions with the
+profiler, run after the timing, say where the fp32 and the int8 time goes, by operator type.
 """
 from __future__ import annotations
 
@@ -17,27 +20,65 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..apis.models import build_model
 from ..apis.runner import load_config
 from ..deploy.export import export_graph, export_onnx, graph_inputs, require_onnx, task_of
+from ..deploy.quantize import QuantizationPolicy, quantize_file
+from ..deploy.sessions import open_runtime_session, require_openvino
+
+#: the timed exports: (runtime, precision)
+RUNTIME_ROWS = (('onnxruntime', 'fp32'), ('onnxruntime', 'int8'), ('openvino', 'fp32'),
+                ('openvino', 'int8'))
+#: what the benchmark's int8 file quantizes (the verified policy of UperNet: everything
+#: weighted), and on how many random inputs it is calibrated
+BENCHMARK_POLICY = QuantizationPolicy(depthwise=True, heads=True)
+CALIBRATION_INPUTS = 4
+
+
+def row_name(runtime: str, precision: str) -> str:
+    return f'{runtime} {precision}'
 
 
 @dataclass
 class OnnxComparison:
-    """Median seconds per image batch of each runtime, and ONNX Runtime's top operators."""
+    """Median seconds per image batch of PyTorch eager and each exported runtime, the files'
+    sizes, and ONNX Runtime's top operators (fp32 and int8).
+
+    Attributes:
+        seconds: ``'onnxruntime fp32'``, ``'onnxruntime int8'``, ``'openvino fp32'``,
+            ``'openvino int8'`` (:func:`row_name`) to median seconds.
+        op_share: ``'onnxruntime fp32'``/``'onnxruntime int8'`` to {operator type: share of
+            the kernel time}.
+        file_bytes: ``'fp32'``/``'int8'`` to the size of ``end2end.onnx``.
+    """
 
     config: str
     shape: tuple[int, int]
     threads: int
     torch_seconds: float
-    ort_seconds: float
-    ort_op_share: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    op_share: dict[str, dict[str, float]] = field(default_factory=dict)
+    file_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
-    def speedup(self) -> float:
-        return self.torch_seconds / self.ort_seconds
+    def ort_seconds(self) -> float:
+        return self.seconds[row_name('onnxruntime', 'fp32')]
+
+    def speedup(self, name: str) -> float:
+        """PyTorch eager's time over ``name``'s."""
+        return self.torch_seconds / self.seconds[name]
+
+    @property
+    def best_fp32(self) -> str:
+        return min((n for n in self.seconds if n.endswith('fp32')), key=self.seconds.get)
+
+    @property
+    def int8_over_fp32(self) -> float:
+        """ONNX Runtime fp32's time over ONNX Runtime int8's."""
+        return self.ort_seconds / self.seconds[row_name('onnxruntime', 'int8')]
 
 
 def _op_shares(profile_file: str, top: int) -> dict[str, float]:
@@ -51,26 +92,39 @@ def _op_shares(profile_file: str, top: int) -> dict[str, float]:
     return {name: value / grand for name, value in ranked}
 
 
-def _session(ort, onnx_file: Path, threads: int, profile_prefix: str | None = None):
-    """A CPU session with ``threads`` intra-op threads; the profiler on only with a prefix."""
+def _profiled_session(ort, onnx_file: Path, threads: int, profile_prefix: str):
+    """An ONNX Runtime CPU session with the profiler on."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
+    options.enable_profiling = True
+    options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(onnx_file), options, providers=['CPUExecutionProvider'])
+
+
+def _int8_file(fp32_file: Path, out_dir: Path, inputs: dict[str, torch.Tensor]) -> Path:
+    """``fp32_file`` quantized by :data:`BENCHMARK_POLICY`, calibrated on random inputs of the
+    shape of ``inputs``."""
+    generator = np.random.default_rng(0)
+    feeds = [{name: (generator.normal(size=value.shape).astype(np.float32)
+                     if value.is_floating_point() else value.numpy())
+              for name, value in inputs.items()} for _ in range(CALIBRATION_INPUTS)]
+    out_dir.mkdir()
+    quantize_file(fp32_file, out_dir / fp32_file.name, iter(feeds), BENCHMARK_POLICY)
+    return out_dir / fp32_file.name
 
 
 def compare(config: str, shape: tuple[int, int], threads: int = 2, reps: int = 5,
             warmup: int = 1, top_ops: int = 6, profile_runs: int = 2) -> OnnxComparison:
-    """Time PyTorch eager and ONNX Runtime on one random-weight model of ``config``.
+    """Time PyTorch eager and the exported runtimes (:data:`RUNTIME_ROWS`) on one random-weight
+    model of ``config``, interleaved.
 
-    The timed ONNX Runtime session runs without the profiler (its per-node timing is overhead
-    that PyTorch's side would not pay); the operator shares come from a second session, with
-    the profiler, run ``profile_runs`` times after the timing.
+    The timed sessions run without a profiler (per-node timing is overhead that PyTorch's side
+    would not pay); the operator shares come from separate ONNX Runtime sessions with the
+    profiler, each run ``profile_runs`` times after the timing.
     """
     _, ort = require_onnx()
+    require_openvino()
     options = {'model.backbone.init_cfg': None}
     cfg = load_config(config, options)
     torch.manual_seed(0)
@@ -80,45 +134,75 @@ def compare(config: str, shape: tuple[int, int], threads: int = 2, reps: int = 5
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / 'weights.pth'
         torch.save({'state_dict': model.state_dict()}, checkpoint)
-        onnx_file = export_onnx(config, str(checkpoint), Path(tmp) / 'onnx', shape=shape,
-                                cfg_options=options)
-        session = _session(ort, onnx_file, threads)
+        files = {'fp32': export_onnx(config, str(checkpoint), Path(tmp) / 'onnx', shape=shape,
+                                     cfg_options=options)}
+        files['int8'] = _int8_file(files['fp32'], Path(tmp) / 'int8', inputs)
+        sessions = {row_name(runtime, precision): open_runtime_session(files[precision],
+                                                                       runtime, threads)
+                    for runtime, precision in RUNTIME_ROWS}
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         feed = {name: value.numpy() for name, value in inputs.items()}
-        torch_times, ort_times = [], []
+        torch_times: list[float] = []
+        times: dict[str, list[float]] = {name: [] for name in sessions}
         try:
             with torch.no_grad():
                 for _ in range(warmup):
                     graph(*inputs.values())
-                    session.run(None, feed)
-                for _ in range(reps):  # alternate, so that drift hits both alike
+                    for session in sessions.values():
+                        session.run(feed)
+                for _ in range(reps):  # interleaved, so that drift hits all alike
                     start = time.perf_counter()
                     graph(*inputs.values())
                     torch_times.append(time.perf_counter() - start)
-                    start = time.perf_counter()
-                    session.run(None, feed)
-                    ort_times.append(time.perf_counter() - start)
+                    for name, session in sessions.items():
+                        start = time.perf_counter()
+                        session.run(feed)
+                        times[name].append(time.perf_counter() - start)
         finally:
             torch.set_num_threads(previous_threads)
-        del session
-        profiled = _session(ort, onnx_file, threads, str(Path(tmp) / 'ort_profile'))
-        for _ in range(profile_runs):
-            profiled.run(None, feed)
-        shares = _op_shares(profiled.end_profiling(), top_ops)
+        del sessions
+        shares = {}
+        for precision in ('fp32', 'int8'):
+            profiled = _profiled_session(ort, files[precision], threads,
+                                         str(Path(tmp) / f'ort_profile_{precision}'))
+            for _ in range(profile_runs):
+                profiled.run(None, feed)
+            shares[row_name('onnxruntime', precision)] = _op_shares(profiled.end_profiling(),
+                                                                    top_ops)
+        sizes = {precision: path.stat().st_size for precision, path in files.items()}
     return OnnxComparison(config, tuple(shape), threads, statistics.median(torch_times),
-                          statistics.median(ort_times), shares)
+                          {name: statistics.median(values) for name, values in times.items()},
+                          shares, sizes)
+
+
+def _ops(shares: dict[str, float]) -> str:
+    return ', '.join(f'{name} {share:.0%}' for name, share in shares.items())
 
 
 def markdown(results: list[OnnxComparison]) -> str:
-    """The table docs/benchmarks.md shows."""
-    lines = ['| config | input | threads | PyTorch eager | ONNX Runtime | ORT / eager speed | '
-             'ONNX Runtime time by operator |', '|---|---|---|---|---|---|---|']
+    """The tables docs/benchmarks.md shows: times and ratios, then where ONNX Runtime's time
+    goes."""
+    names = [row_name(*row) for row in RUNTIME_ROWS]
+    titles = [n.replace('onnxruntime', 'ONNX Runtime').replace('openvino', 'OpenVINO')
+              for n in names]
+    lines = ['| config | input | threads | PyTorch eager | ' + ' | '.join(titles)
+             + ' | best fp32 / eager | ORT int8 speed-up over ORT fp32 | int8 file / fp32 |',
+             '|---|---|---|---|' + '---|' * len(names) + '---|---|---|']
     for r in results:
-        ops = ', '.join(f'{name} {share:.0%}' for name, share in r.ort_op_share.items())
+        cells = ' | '.join(f'{r.seconds[n] * 1e3:.0f} ms' if n in r.seconds else '-'
+                           for n in names)
+        best = r.best_fp32
         lines.append(f'| `{Path(r.config).name}` | {r.shape[0]}x{r.shape[1]} | {r.threads} | '
-                     f'{r.torch_seconds * 1e3:.0f} ms | {r.ort_seconds * 1e3:.0f} ms | '
-                     f'{r.speedup:.2f}x | {ops} |')
+                     f'{r.torch_seconds * 1e3:.0f} ms | {cells} | {r.speedup(best):.2f}x '
+                     f'({best.split()[0]}) | {r.int8_over_fp32:.2f}x | '
+                     f'{r.file_bytes["int8"] / r.file_bytes["fp32"]:.2f} |')
+    lines += ['', '| config | ONNX Runtime fp32 time by operator | ONNX Runtime int8 time by '
+              'operator |', '|---|---|---|']
+    for r in results:
+        lines.append(f'| `{Path(r.config).name}` | '
+                     f'{_ops(r.op_share.get(row_name("onnxruntime", "fp32"), {}))} | '
+                     f'{_ops(r.op_share.get(row_name("onnxruntime", "int8"), {}))} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -149,22 +233,29 @@ def with_onnx_section(text: str, section: str) -> str:
 
 def section_text(results: list[OnnxComparison], command: str, reps: int, threads: int,
                  note: str = '') -> str:
-    """The ONNX Runtime section of the benchmark page (markers included)."""
+    """The exported runtimes' section of the benchmark page (markers included)."""
     _, ort = require_onnx()
+    ov = require_openvino()
     description = (
         f'`{command}`: random-weight models exported by `tools/export.py`; PyTorch eager runs '
-        'the exported module, ONNX Runtime (CPU provider) the file, the same computation (the '
-        "segmentors to their decode head's logits, the detectors with their post-processing), "
-        f'batch 1, median of {reps} alternating rounds after one warm-up, {threads} threads '
-        'each, the timed ONNX Runtime session without its profiler; torch '
-        f'{torch.__version__}, onnxruntime {ort.__version__}, '
-        f'{platform.processor() or platform.machine()}. The last column is ONNX Runtime\'s '
-        'profiler, in a separate session: kernel time by operator type.')
+        'the exported module, ONNX Runtime (CPU provider) and OpenVINO (CPU plugin, fp32 '
+        'inference precision) the file, the same computation (the segmentors to their decode '
+        "head's logits, the detectors with their post-processing); int8: the file quantized "
+        'as `tools/export.py --int8` does (QDQ, per-channel int8 weights, uint8 activations, '
+        f'every weighted operator), calibrated on {CALIBRATION_INPUTS} random inputs. Batch 1, '
+        f'median of {reps} interleaved rounds (each round runs every runtime once) after one '
+        f'warm-up, {threads} threads each, the timed sessions without a profiler; torch '
+        f'{torch.__version__}, onnxruntime {ort.__version__}, openvino '
+        f'{ov.get_version().split("-")[0]}, {platform.processor() or platform.machine()}. '
+        'The operator tables are ONNX Runtime\'s profiler, in separate sessions: kernel time '
+        'by operator type (`QLinearConv`, `MatMulInteger`, ...: the int8 kernels ONNX Runtime '
+        'fuses the QDQ pairs into).')
     if note:
         description += f' {note}'
-    return '\n'.join([SECTION_START, '## ONNX Runtime against PyTorch eager', '', description,
-                      '', markdown(results).rstrip('\n'), SECTION_END, ''])
+    return '\n'.join([SECTION_START, '## Exported runtimes against PyTorch eager', '',
+                      description, '', markdown(results).rstrip('\n'), SECTION_END, ''])
 
 
-__all__ = ['DEFAULT_PAGE', 'OnnxComparison', 'SECTION_END', 'SECTION_START', 'compare', 'markdown',
-           'onnx_section', 'section_text', 'with_onnx_section']
+__all__ = ['DEFAULT_PAGE', 'RUNTIME_ROWS', 'OnnxComparison', 'SECTION_END', 'SECTION_START',
+           'compare', 'markdown', 'onnx_section', 'row_name', 'section_text',
+           'with_onnx_section']

@@ -1,5 +1,6 @@
-"""The ONNX Runtime benchmark: timed without the profiler; its section of the benchmark page
-survives tools/benchmark.py's rewrites; neither tool writes the tracked page unless told."""
+"""The exported-runtimes benchmark (ONNX Runtime and OpenVINO, fp32 and int8): timed without
+the profiler; its section of the benchmark page survives tools/benchmark.py's rewrites;
+neither tool writes the tracked page unless told."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,11 +32,21 @@ def test_section_is_replaced_or_appended_and_found():
     assert onnx_section('# no section\n') == ''
 
 
-def test_markdown_row_has_the_ratio_and_operator_shares():
-    result = OnnxComparison('configs/x.py', (512, 512), 2, torch_seconds=2.4, ort_seconds=2.0,
-                            ort_op_share={'Conv': 0.8, 'MatMul': 0.1})
-    row = markdown([result]).splitlines()[-1]
-    assert row == ('| `x.py` | 512x512 | 2 | 2400 ms | 2000 ms | 1.20x | Conv 80%, MatMul 10% |')
+def comparison() -> OnnxComparison:
+    return OnnxComparison(
+        'configs/x.py', (512, 512), 2, torch_seconds=2.4,
+        seconds={'onnxruntime fp32': 2.0, 'onnxruntime int8': 0.8, 'openvino fp32': 1.6,
+                 'openvino int8': 0.5},
+        op_share={'onnxruntime fp32': {'Conv': 0.8, 'MatMul': 0.1},
+                  'onnxruntime int8': {'QLinearConv': 0.6}},
+        file_bytes={'fp32': 100, 'int8': 26})
+
+
+def test_markdown_rows_have_the_ratios_and_operator_shares():
+    lines = markdown([comparison()]).splitlines()
+    assert lines[2] == ('| `x.py` | 512x512 | 2 | 2400 ms | 2000 ms | 800 ms | 1600 ms | '
+                        '500 ms | 1.50x (openvino) | 2.50x | 0.26 |')
+    assert lines[-1] == '| `x.py` | Conv 80%, MatMul 10% | QLinearConv 60% |'
 
 
 def test_the_timed_session_runs_without_the_profiler(monkeypatch):
@@ -51,17 +62,25 @@ def test_the_timed_session_runs_without_the_profiler(monkeypatch):
     monkeypatch.setattr(ort, 'InferenceSession', RecordingSession)
     result = compare(str(REPO / 'configs/demo/upernet_convnext_demo.py'), (64, 64), threads=1,
                      reps=2, warmup=1, profile_runs=1)
-    assert runs == [False, False, False, True]  # warm-up, 2 timed rounds; then profiled
-    assert result.ort_seconds > 0 and 'Conv' in result.ort_op_share
+    # calibration (4 random inputs, profiler off); per timed ONNX Runtime session (fp32,
+    # int8): warm-up and 2 rounds; then fp32 and int8 profiled, once each
+    assert runs == [False] * 4 + [False] * 6 + [True, True]
+    assert set(result.seconds) == {'onnxruntime fp32', 'onnxruntime int8', 'openvino fp32',
+                                   'openvino int8'}
+    assert all(seconds > 0 for seconds in result.seconds.values())
+    assert 'Conv' in result.op_share['onnxruntime fp32']
+    assert any(op.startswith(('QLinear', 'MatMulInteger', 'ConvInteger'))
+               for op in result.op_share['onnxruntime int8'])
+    assert result.file_bytes['int8'] < 0.5 * result.file_bytes['fp32']
 
 
 def test_section_says_how_it_was_measured_and_the_note():
-    result = OnnxComparison('configs/x.py', (512, 512), 2, torch_seconds=2.4, ort_seconds=2.0)
-    section = section_text([result], 'python tools/benchmark_onnx.py', reps=5, threads=2,
-                           note='Shared machine.')
+    section = section_text([comparison()], 'python tools/benchmark_onnx.py', reps=5,
+                           threads=2, note='Shared machine.')
     assert section.startswith(SECTION_START) and section.endswith(SECTION_END + '\n')
-    assert 'the timed ONNX Runtime session without its profiler' in section
-    assert 'in a separate session' in section and section.count('Shared machine.') == 1
+    assert 'the timed sessions without a profiler' in section
+    assert 'interleaved rounds' in section
+    assert 'in separate sessions' in section and section.count('Shared machine.') == 1
     assert onnx_section(section) == section
 
 
