@@ -23,7 +23,8 @@ STAMP := $(VENV)/.convnext_dense-installed
 MMPRETRAIN_OVERLAY := $(VENV)/overlays/mmpretrain
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-seg demo-deeplab demo-export test test-fast lint clean
+.PHONY: setup demo demo-seg demo-deeplab demo-export test test-fast lint clean \
+	test-other-stack demo-quick-check
 
 setup: $(STAMP)
 
@@ -40,10 +41,17 @@ $(STAMP): setup.cfg pyproject.toml tools/install_mmcv.py Makefile
 	# packages of the `benchmark` extra (setup.cfg), pinned. tools/benchmark.py activates it
 	# (convnext_dense/benchmark/mmpretrain_env.py).
 	rm -rf $(MMPRETRAIN_OVERLAY)
+ifeq ($(STACK),upstream)
 	$(PY) -m pip install -q --no-deps --target $(MMPRETRAIN_OVERLAY) mmpretrain==1.2.0 \
 		einops==0.8.2 model-index==0.1.11 ordered-set==4.1.0 markdown==3.11.3 \
 		importlib-metadata==10.2.0 zipp==4.1.2 lazy-importer==0.1.0
 	# model-index ships a top-level `tests` package, which would shadow this repo's
+else
+	# the fork's mmpretrain (mmpretrain 1.2.0 refuses mmcv >= 2.2.0), source only: built here
+	$(PY) -m pip install -q --no-deps --no-build-isolation --target $(MMPRETRAIN_OVERLAY) \
+		onedl-mmpretrain==1.3.6 einops==0.8.2 model-index==0.1.11 ordered-set==4.1.0 \
+		markdown==3.11.3 importlib-metadata==10.2.0 zipp==4.1.2 lazy-importer==0.1.0
+endif
 	rm -rf $(MMPRETRAIN_OVERLAY)/tests $(MMPRETRAIN_OVERLAY)/bin
 	touch $(STAMP)
 
@@ -76,6 +84,38 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
+
+# CI's check of the other stack (after `make test`, which runs the full suite on upstream):
+# in its own venv, the non-slow suite (`make test-fast`; PYTEST_ARGS passes through) and the
+# quick det and seg demos with their metrics checked (demo-quick-check).
+OTHER_STACK ?= onedl
+test-other-stack:
+	$(MAKE) --no-print-directory STACK=$(OTHER_STACK) test-fast
+	$(MAKE) --no-print-directory STACK=$(OTHER_STACK) demo-quick-check
+
+# `tools/demo.py det|seg --quick` into work_dirs/ci-$(STACK)-demo (this target's own folder,
+# emptied first), then each metric checked against a floor: well below what the quick demos
+# reach on either stack, far above what a broken pipeline gives (about 0).
+DEMO_QUICK_DIR := work_dirs/ci-$(STACK)-demo
+DEMO_QUICK_FLOORS := mask_rcnn:coco/bbox_mAP=0.3 mask_rcnn:coco/segm_mAP=0.3 upernet:mIoU=30
+define CHECK_DEMO_METRICS
+import json, sys
+root, low = sys.argv[1], []
+for floor in sys.argv[2:]:
+    run, _, rest = floor.partition(':')
+    key, _, value = rest.partition('=')
+    metrics = json.load(open(f'{root}/{run}/metrics.json'))['metrics']
+    print(f'{run} {key} {metrics[key]:.3f} (floor {value})')
+    if not metrics[key] >= float(value):
+        low.append(f'{run} {key}')
+sys.exit(f'below the floor: {", ".join(low)}' if low else 0)
+endef
+export CHECK_DEMO_METRICS
+demo-quick-check: setup
+	rm -rf $(DEMO_QUICK_DIR)
+	$(PY) tools/demo.py det --quick --work-dir $(DEMO_QUICK_DIR)
+	$(PY) tools/demo.py seg --quick --work-dir $(DEMO_QUICK_DIR)
+	$(PY) -c "$$CHECK_DEMO_METRICS" $(DEMO_QUICK_DIR) $(DEMO_QUICK_FLOORS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -44,8 +44,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The mmpretrain release the benchmark extra and the overlay install (mmcv 2.1, mmdet 3.3).
-MMPRETRAIN_VERSION = '1.2.0'
+from ..stack import current_stack
+
+#: The mmpretrain release the overlay holds, per OpenMMLab stack: mmpretrain 1.2.0 (mmcv 2.1,
+#: mmdet 3.3; also the benchmark extra's), or onedl-mmpretrain 1.3.6 on the maintained forks
+#: (mmpretrain 1.2.0 refuses mmcv >= 2.2.0).
+MMPRETRAIN_VERSIONS = {'upstream': '1.2.0', 'onedl': '1.3.6'}
+#: The one for the stack installed here.
+MMPRETRAIN_VERSION = MMPRETRAIN_VERSIONS[
+    'onedl' if current_stack('mmcv') == 'onedl' else 'upstream']
 
 
 def default_overlay() -> Path:

@@ -16,6 +16,7 @@ import pytest
 
 from convnext_dense.benchmark.mmpretrain_env import (
     MMPRETRAIN_VERSION,
+    MMPRETRAIN_VERSIONS,
     MMPretrainStatus,
     activate_mmpretrain,
     default_overlay,
@@ -152,6 +153,6 @@ def test_the_benchmark_extra_names_what_the_overlay_installs():
     command = re.search(r'--target \$\(MMPRETRAIN_OVERLAY\) (.*?)\n\s*#', makefile, re.S)
     overlay = _requirement_names(command.group(1).replace('\\', ' ').split())
     assert benchmark == overlay
-    assert f'mmpretrain=={MMPRETRAIN_VERSION}' in extras['benchmark']
+    assert f"mmpretrain=={MMPRETRAIN_VERSIONS['upstream']}" in extras['benchmark']
     assert 'mmpretrain' not in _requirement_names(extras['all'].splitlines())
     assert 'transformers' in _requirement_names(extras['tests'].splitlines())
