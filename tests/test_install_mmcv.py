@@ -88,8 +88,13 @@ def test_cxx_standard_patch(installer, tmp_path):
 
 def test_installed_mmcv_ops_verify(installer):
     import mmcv
-    assert installer.verify(mmcv.__version__)
-    assert not installer.verify('0.0.0', quiet=True)  # a version mismatch is a failure
+
+    from convnext_dense.stack import installed_providers
+    dist, = installed_providers(('mmcv',))['mmcv']  # mmcv or onedl-mmcv
+    assert installer.verify(mmcv.__version__, dist=dist)
+    assert not installer.verify('0.0.0', quiet=True, dist=dist)  # a version mismatch fails
+    other, = set(installer.DISTRIBUTIONS) - {dist}  # the module is not the other's
+    assert not installer.verify(mmcv.__version__, quiet=True, dist=other)
 
 
 def test_failed_command_raises_a_clear_error(installer):
