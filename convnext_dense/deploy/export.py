@@ -48,6 +48,9 @@ def export_graph(model: nn.Module, task: str) -> nn.Module:
     if type(model).__name__ == 'DINO':
         from .dino import DINOExport
         return DINOExport(model)
+    if type(model).__name__ == 'Mask2Former':
+        from .mask2former import Mask2FormerDetectorExport
+        return Mask2FormerDetectorExport(model)
     from .detection import TwoStageDetectorExport
     return TwoStageDetectorExport(model)
 
@@ -57,11 +60,14 @@ def check_exportable(model: nn.Module, task: str) -> None:
 
     Raises:
         ExportError: naming each such setting (detectors: :func:`.detection.check_detector`,
-            DINO: :func:`.dino.check_dino`).
+            DINO: :func:`.dino.check_dino`, Mask2Former: :func:`.mask2former.check_mask2former`).
     """
     if type(model).__name__ == 'DINO':
         from .dino import check_dino
         check_dino(model)
+    elif type(model).__name__ == 'Mask2Former':
+        from .mask2former import check_mask2former
+        check_mask2former(model)
     elif task == 'detection':
         from .detection import check_detector
         check_detector(model)
@@ -69,9 +75,19 @@ def check_exportable(model: nn.Module, task: str) -> None:
 
 def graph_output_names(cfg: Config, task: str) -> list[str]:
     """The graph's outputs: a detector without a mask head (DINO) has no ``masks``."""
+    if _model_type(cfg) == 'Mask2Former':
+        return list(OUTPUT_NAMES[task])
     if task == 'detection' and not (cfg.model.get('roi_head') or {}).get('mask_head'):
         return list(BOX_OUTPUT_NAMES)
     return list(OUTPUT_NAMES[task])
+
+
+#: detectors whose outputs are the best K queries, every row a detection (no padding rows)
+QUERY_DETECTORS = ('DINO', 'Mask2Former')
+
+
+def _model_type(cfg: Config) -> str:
+    return str(cfg.model.type).split('.')[-1]
 
 
 def graph_inputs(task: str, batch: torch.Tensor,
@@ -112,8 +128,11 @@ def deploy_info(cfg: Config, task: str, opset: int, dynamic: bool,
         channel_order='RGB' if to_rgb else 'BGR (as loaded)',
         pad_size_divisor=preprocessor.get('pad_size_divisor'),
         test_resize=_test_resize(cfg), classes=list(dataset_meta(cfg)['classes']))
-    if task == 'detection' and cfg.model.type.split('.')[-1] == 'DINO':
-        info['score_threshold'] = 0.0  # DINO keeps the best max_per_img, whatever their score
+    if _model_type(cfg) in QUERY_DETECTORS:
+        # every row is a detection: the best max_per_img(age), whatever their score
+        info.update(score_threshold=0.0, padding='none')
+        if _model_type(cfg) == 'Mask2Former':  # mask probabilities at the input size
+            info.update(mask_layout='image', mask_threshold=0.5)
     elif task == 'detection':
         info['score_threshold'] = float(cfg.model.test_cfg.rcnn.score_thr)
         if 'masks' in info['output_names']:
@@ -185,6 +204,8 @@ def export_onnx(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
     for name in output_names:
         axes[name] = {0: 'batch', 2: 'logits_height', 3: 'logits_width'} if (
             task == 'segmentation') else {0: 'batch'}
+    if _model_type(cfg) == 'Mask2Former':  # masks at the input size
+        axes['masks'] = {0: 'batch', 2: 'height', 3: 'width'}
 
     # written next to out_dir, swapped in when complete (out_dir checked again then)
     with staged_output(out_dir, force, is_previous_export, 'export', EXPORT_FILES) as staging:

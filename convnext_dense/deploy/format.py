@@ -24,7 +24,8 @@ BOX_OUTPUT_NAMES = ['dets', 'labels']
 INPUT_NAMES = {'segmentation': ['input'], 'detection': ['input', 'img_shape']}
 #: the model types that export, and their task
 SUPPORTED_MODELS = {'EncoderDecoder': 'segmentation', 'MaskRCNN': 'detection',
-                    'FasterRCNN': 'detection', 'CascadeRCNN': 'detection', 'DINO': 'detection'}
+                    'FasterRCNN': 'detection', 'CascadeRCNN': 'detection', 'DINO': 'detection',
+                    'Mask2Former': 'detection'}
 #: mmseg decode heads that classify masks, not pixels, and export (:mod:`.mask2former`): the
 #: graph sums the queries' class and mask probabilities into the ``seg_logits`` map
 EXPORTED_QUERY_DECODE_HEADS = ('Mask2FormerHead',)

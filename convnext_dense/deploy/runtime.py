@@ -170,12 +170,15 @@ class ONNXRuntimeDetector(_ONNXRuntimeModel):
         feed = {'input': inputs.detach().cpu().float().contiguous().numpy(),
                 'img_shape': np.array([s.img_shape[:2] for s in data_samples], dtype=np.int64)}
         outputs = dict(zip(self.output_names, self.session.run(feed)))
-        return detections_to_samples(outputs, data_samples,
-                                     self.deploy_info.get('mask_threshold', 0.5))
+        return detections_to_samples(
+            outputs, data_samples, self.deploy_info.get('mask_threshold', 0.5),
+            image_masks=self.deploy_info.get('mask_layout') == 'image',
+            padded=self.deploy_info.get('padding') != 'none')
 
 
 def detections_to_samples(outputs: dict[str, Any], data_samples: list,
-                          mask_threshold: float = 0.5) -> list:
+                          mask_threshold: float = 0.5, image_masks: bool = False,
+                          padded: bool = True) -> list:
     """A detection graph's outputs (``dets``, ``labels``, ``masks`` if any: arrays or tensors)
     as mmdet's ``predict(..., rescale=True)`` sets ``pred_instances``.
 
@@ -184,17 +187,28 @@ def detections_to_samples(outputs: dict[str, Any], data_samples: list,
     original size with mmdet's ``_do_paste_mask`` (one by one, as mmdet does on the CPU) and
     thresholded at ``mask_threshold`` (``>=``; a negative threshold gives uint8 probabilities
     times 255, as mmdet's ``FCNMaskHead``).
+
+    ``image_masks`` (Mask2Former): ``masks`` are probabilities at the input size; each is
+    cropped to the image's ``img_shape``, resized bilinearly to the original size and
+    thresholded (``> mask_threshold``: mmdet's logit ``> 0``), and its box is mmdet's
+    ``mask2bbox`` of the result. ``padded=False``: every row is a
+    detection (DINO, Mask2Former); otherwise rows scoring 0 are padding.
     """
     from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
+    from mmdet.structures.mask import mask2bbox
     dets, labels = (torch.as_tensor(outputs[name]) for name in ('dets', 'labels'))
     masks = torch.as_tensor(outputs['masks']) if 'masks' in outputs else None
     for index, sample in enumerate(data_samples):
-        keep = dets[index, :, 4] > 0  # the rest is padding
+        keep = dets[index, :, 4] > 0 if padded else torch.ones_like(dets[index, :, 4]).bool()
         boxes = dets[index][keep]
         bboxes = boxes[:, :4] / boxes.new_tensor(sample.scale_factor).repeat(2)
         instances = InstanceData(bboxes=bboxes, scores=boxes[:, 4],
                                  labels=labels[index][keep].long())
-        if masks is not None:
+        if masks is not None and image_masks:
+            instances.masks = _image_masks_at_original_size(masks[index][keep], sample,
+                                                            mask_threshold)
+            instances.bboxes = mask2bbox(instances.masks)
+        elif masks is not None:
             probabilities = masks[index][keep]
             height, width = sample.ori_shape[:2]
             pasted = torch.zeros(len(bboxes), height, width,
@@ -209,11 +223,29 @@ def detections_to_samples(outputs: dict[str, Any], data_samples: list,
     return data_samples
 
 
+def _image_masks_at_original_size(masks: torch.Tensor, sample: Any,
+                                  threshold: float) -> torch.Tensor:
+    """(K, H, W) mask probabilities on the padded input as (K, h, w) bool masks at the
+    sample's original size: cropped to its ``img_shape``, resized bilinearly, ``> threshold``.
+    """
+    import torch.nn.functional as F
+    height, width = sample.img_shape[:2]
+    cropped = masks[:, :height, :width].float()[None]
+    resized = F.interpolate(cropped, size=tuple(sample.ori_shape[:2]), mode='bilinear',
+                            align_corners=False)
+    return resized[0] > threshold
+
+
 def runtime_model_cfg(cfg: Config, onnx_file: str, runtime: str = DEFAULT_RUNTIME) -> dict:
     """The ``model`` config that runs ``onnx_file`` with ``runtime`` (:mod:`.sessions`) in
     place of the config's model."""
     task = task_of(cfg)
-    if task == 'detection' and 'roi_head' not in cfg.model:  # DINO: one head, no masks
+    if task == 'detection' and 'panoptic_head' in cfg.model:  # Mask2Former: instance masks
+        head = cfg.model.panoptic_head
+        num_classes = head.num_things_classes + head.num_stuff_classes
+        model_type = 'ONNXRuntimeDetector'
+        extra = dict(with_mask=True)
+    elif task == 'detection' and 'roi_head' not in cfg.model:  # DINO: one head, no masks
         num_classes = cfg.model.bbox_head.num_classes
         model_type = 'ONNXRuntimeDetector'
         extra = dict(with_mask=False)

@@ -121,7 +121,7 @@ def exported_config(config: str) -> str:
 def test_config_builds_into_the_graph_exported_for_it(config):
     """Each config at quarter widths builds into an export module with the same modules and
     parameters, in the same order, as the config exported for its graph below. A model the
-    export does not support (the mmdet Mask2Former detector) is refused by name."""
+    export does not support would be refused by name (every shipped config exports)."""
     graph = graph_of(config)
     if graph is None:
         with pytest.raises(ExportError, match='cannot export a .*: supported '):
