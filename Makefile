@@ -47,7 +47,7 @@ ifeq ($(STACK),upstream)
 		importlib-metadata==10.2.0 zipp==4.1.2 lazy-importer==0.1.0
 	# model-index ships a top-level `tests` package, which would shadow this repo's
 else
-	# the fork's mmpretrain (mmpretrain 1.2.0 refuses mmcv >= 2.2.0), source only: built here
+	# the forks' own mmpretrain (made for onedl-mmengine/onedl-mmcv), source only: built here
 	$(PY) -m pip install -q --no-deps --no-build-isolation --target $(MMPRETRAIN_OVERLAY) \
 		onedl-mmpretrain==1.3.6 einops==0.8.2 model-index==0.1.11 ordered-set==4.1.0 \
 		markdown==3.11.3 importlib-metadata==10.2.0 zipp==4.1.2 lazy-importer==0.1.0

@@ -47,8 +47,8 @@ from pathlib import Path
 from ..stack import current_stack
 
 #: The mmpretrain release the overlay holds, per OpenMMLab stack: mmpretrain 1.2.0 (mmcv 2.1,
-#: mmdet 3.3; also the benchmark extra's), or onedl-mmpretrain 1.3.6 on the maintained forks
-#: (mmpretrain 1.2.0 refuses mmcv >= 2.2.0).
+#: mmdet 3.3; also the benchmark extra's), or on the maintained forks their own,
+#: onedl-mmpretrain 1.3.6.
 MMPRETRAIN_VERSIONS = {'upstream': '1.2.0', 'onedl': '1.3.6'}
 #: The one for the stack installed here.
 MMPRETRAIN_VERSION = MMPRETRAIN_VERSIONS[
