@@ -99,6 +99,16 @@ def coco_options(root: Path, num_classes_keys: list[str], augmentation: str) -> 
     return options
 
 
+def fewer_rois(cascade: bool) -> list[str]:
+    """--cfg-options that train and test an R-CNN on 64 sampled RoIs per image and 100
+    proposals instead of 512 and 1000-2000: the same code on fewer rows (the paper's Cascade
+    box heads run four 3x3 convolutions on every RoI of each of the three stages)."""
+    stages = [f'model.train_cfg.rcnn.{i}' for i in range(3)] if cascade else [
+        'model.train_cfg.rcnn']
+    return [f'{stage}.sampler.num=64' for stage in stages] + [
+        'model.train_cfg.rpn_proposal.max_per_img=200', 'model.test_cfg.rpn.max_per_img=100']
+
+
 @pytest.mark.parametrize('config, num_classes_keys, augmentation', [
     ('mask_rcnn_convnext_t_coco.py',
      ['model.roi_head.bbox_head.num_classes', 'model.roi_head.mask_head.num_classes'], 'resize'),
@@ -110,7 +120,8 @@ def test_detection_train_then_test(tmp_path, coco_root, config, num_classes_keys
     work_dir = tmp_path / 'work'
     # the tools' path does not depend on the backbone's width: atto keeps CI short
     options = coco_options(coco_root, num_classes_keys, augmentation) + [
-        'model.backbone.arch=atto', 'model.neck.in_channels=[40,80,160,320]']
+        'model.backbone.arch=atto', 'model.neck.in_channels=[40,80,160,320]'] + fewer_rois(
+        config.startswith('cascade'))
     result = run_tool('train.py', f'configs/{config}', '--work-dir', str(work_dir),
                       '--cfg-options', *options)
     log = result.stdout + result.stderr
@@ -202,7 +213,7 @@ def one_iteration_options(config: str, ade_root: Path, coco_root: Path) -> tuple
         options = [o for o in options if o != 'train_cfg.max_epochs=1'] + ONE_ITERATION + [
             'model.panoptic_head.loss_cls.class_weight=[1.0,1.0,1.0,1.0,1.0,0.1]']
     else:
-        options = coco_options(coco_root, MASK_RCNN_CLASSES, 'resize')
+        options = coco_options(coco_root, MASK_RCNN_CLASSES, 'resize') + fewer_rois(False)
     # one epoch of one iteration: 2 of the 4 training images
     return options + ['train_dataloader.dataset.indices=2'], (
         'iter_1.pth' if config.startswith('mask2former') else 'epoch_1.pth')

@@ -108,10 +108,11 @@ def user_config(tmp_path: Path, imports: list[str]) -> Path:
 @pytest.mark.slow
 def test_switch_from_a_config_with_mmdets_own_train_py(tmp_path):
     from convnext_dense.demo.data import make_coco_dataset
-    from tests.test_tools_e2e import coco_options
+    from tests.test_tools_e2e import coco_options, fewer_rois
     root = make_coco_dataset(tmp_path / 'coco', num_train=2, num_val=1, image_size=(96, 128))
     options = coco_options(root, ['model.roi_head.bbox_head.num_classes',
-                                  'model.roi_head.mask_head.num_classes'], augmentation='resize')
+                                  'model.roi_head.mask_head.num_classes'],
+                           augmentation='resize') + fewer_rois(cascade=False)
     options = [o for o in options if not o.startswith('train_cfg.max_epochs')] + [
         'train_dataloader.batch_size=1', 'val_cfg=None', 'val_dataloader=None',
         'val_evaluator=None']

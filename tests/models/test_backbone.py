@@ -321,7 +321,10 @@ def test_memory_formats_and_inference_path_give_the_same_results():
 @pytest.mark.slow
 def test_torch_compile_gives_the_same_outputs_and_gradients():
     torch.manual_seed(0)
-    model = randomize_(ConvNeXt(arch='atto', layer_scale_init_value=1.0))
+    # one block per stage holds every layer the compiler meets (stem, blocks, downsampling,
+    # output norms); more blocks only lengthen the compile
+    model = randomize_(ConvNeXt(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128),
+                                layer_scale_init_value=1.0))
     compiled = torch.compile(model)
     x = torch.randn(2, 3, 64, 64)
     grads = []
