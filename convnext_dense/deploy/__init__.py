@@ -5,6 +5,8 @@
   RoIAlign the detectors use;
 - :mod:`.segmentation`, :mod:`.detection`: graphs with the post-processing inside (class
   map; boxes, scores, labels and instance masks after NMS);
+- :mod:`.dino`, :mod:`.mask2former`: DINO and Mask2Former (instance, semantic) graphs, their
+  deformable attention with standard ONNX operators (:mod:`.msda`);
 - :mod:`.format`: the export's file names, graph input/output names and supported model
   types, shared by export and runtime;
 - :mod:`.export`: writes ``end2end.onnx`` and ``deploy.json`` for a config and checkpoint;
