@@ -7,6 +7,7 @@ in int8 once for the module, calibrated on 4 images of a generated training set.
 """
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -53,10 +54,7 @@ def exports(tmp_path_factory) -> Exports:
                                     seed=5)
     options = data_root_options(Config.fromfile(SEG_DEMO), data_root)
     torch.manual_seed(0)
-    model = build_model(load_config(SEG_DEMO, options))
-    with torch.no_grad():  # no two weights alike (the exporter shares equal initializers)
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.02)
+    model = build_model(load_config(SEG_DEMO, options))  # zero biases: shared by the exporter
     torch.save({'state_dict': model.state_dict()}, tmp / 'seg.pth')
     int8 = export_int8(SEG_DEMO, str(tmp / 'seg.pth'), tmp / 'int8', calib_images=4,
                        cfg_options=options)
@@ -87,9 +85,7 @@ def test_int8_graph_is_qdq_with_per_channel_weights_and_fp32_layer_norms(exports
     for node in norms:  # fp32 in, fp32 weights
         assert all(producers.get(name) is None or producers[name].op_type != 'DequantizeLinear'
                    for name in node.input)
-        for name in node.input[1:]:  # weight, bias: fp32 initializers (or their Identity)
-            while name in producers and producers[name].op_type == 'Identity':
-                name = producers[name].input[0]
+        for name in node.input[1:]:  # weight, bias: fp32 initializers
             assert initializers[name].dtype == np.float32
     # the adaptive pooling's MatMul of two activations stays fp32
     pooling = [n for n in graph.node if n.op_type == 'MatMul' and 'psp_modules' in n.name]
@@ -99,6 +95,19 @@ def test_int8_graph_is_qdq_with_per_channel_weights_and_fp32_layer_norms(exports
     assert info['quantization']['quantized_nodes'] == len(weighted)
     fp32_bytes = sum(p.numel() * 4 for p in exports.graph.parameters())
     assert exports.int8.stat().st_size < 0.4 * fp32_bytes
+
+
+def test_onnx_runtime_runs_every_quantized_convolution_in_int8(exports, tmp_path):
+    """The exporter feeds equal weights (zero biases) through Identity nodes; unshared before
+    quantization, every quantized Conv fuses into QLinearConv (an Identity-fed bias stayed
+    fp32 and the Conv ran in fp32 on dequantized weights)."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / 'optimized.onnx')
+    ort.InferenceSession(str(exports.int8), options, providers=['CPUExecutionProvider'])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / 'optimized.onnx'))
+                              .graph.node)
+    convs = sum(1 for n in onnx.load(str(exports.int8)).graph.node if n.op_type == 'Conv')
+    assert ops['QLinearConv'] == convs and ops['Conv'] == 0, ops
 
 
 def test_int8_logits_are_close_to_fp32(exports):
