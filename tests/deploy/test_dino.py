@@ -63,7 +63,7 @@ def dino_config(folder: Path, data_root: Path) -> Path:
 @pytest.fixture(scope='module')
 def dino_export(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('dino')
-    data_root = make_coco_dataset(tmp / 'data', num_train=1, num_val=2, image_size=(96, 144),
+    data_root = make_coco_dataset(tmp / 'data', num_train=1, num_val=1, image_size=(96, 144),
                                   seed=3)
     config = dino_config(tmp, data_root)
     torch.manual_seed(0)
