@@ -15,11 +15,15 @@ from tests.conftest import load_tool, run_tool_process
 @pytest.mark.slow
 def test_benchmark_tool_writes_the_report(tmp_path):
     out = tmp_path / 'bench.md'
+    # Every section of the report, each on its smallest setting: inference only, three of the
+    # implementations (each peak-memory reading is two fresh processes), one whole-model pair
+    # (both pairs' models and losses: tests/benchmark/test_whole_models.py).
     result = run_tool_process('benchmark', '--archs', 'atto', '--sizes', '64', '--batches', '2',
+                              '--impls', 'ours,official,mmpretrain', '--modes', 'infer',
                               '--reps', '1', '--threads', '1',
                               '--options', 'channels_last,with_cp,amp', '--option-sizes', '64',
                               '--memory-sizes', '64', '--detector-size', '128x160',
-                              '--whole-sizes', 'mask_rcnn=128x160,upernet=64x64',
+                              '--whole-models', 'upernet', '--whole-sizes', 'upernet=64x64',
                               '--whole-reps', '1', '--out', str(out), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
@@ -30,11 +34,11 @@ def test_benchmark_tool_writes_the_report(tmp_path):
                      # mmpretrain from the overlay (make setup), in the tool's own process
                      'mmpretrain img/s', '| 64x64 | 2 | mmpretrain |',
                      "## Whole models: training step, this backbone against mmpretrain's",
-                     '| Mask R-CNN-T | `configs/mask_rcnn_convnext_t_coco.py` |',
-                     '| 128x160 | 1 | 1 |', '| UperNet-T |', '| 64x64 | 2 | 1 |',
-                     'whole Mask R-CNN-T training step >= 1.00x the mmpretrain-backbone config'):
+                     '| UperNet-T | `configs/upernet_convnext_t_ade20k_512.py` |',
+                     '| 64x64 | 2 | 1 |',
+                     'whole UperNet-T training step >= 1.00x the mmpretrain-backbone config'):
         assert expected in text, expected
-    assert 'Skipped' not in text
+    assert 'Skipped' not in text and 'timm img/s' not in text and 'Mask R-CNN-T |' not in text
 
 
 def _tiny_settings(**changes) -> Settings:
