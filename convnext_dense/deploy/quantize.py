@@ -243,8 +243,7 @@ def quantize_file(fp32_file: str | os.PathLike, int8_file: str | os.PathLike,
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=list(WEIGHTED_OPS),
                     nodes_to_quantize=nodes, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={'CalibMaxIntermediateOutputs': 16})
+                    calibrate_method=CalibrationMethod.MinMax)
     return len(nodes)
 
 

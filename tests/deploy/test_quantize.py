@@ -32,6 +32,7 @@ from convnext_dense.deploy.quantize import (
     calibration_count,
     export_int8,
     nodes_to_quantize,
+    quantize_file,
 )
 from tests.conftest import run_tool_main
 
@@ -148,6 +149,27 @@ def test_policy_keeps_depthwise_convolutions_and_heads_fp32():
         (True, False): ['/backbone/stages.0/dwconv/Conv', '/backbone/stages.0/pwconv1/MatMul'],
         (False, True): ['/backbone/stages.0/pwconv1/MatMul', '/decode_head/conv_seg/Conv'],
         (False, False): ['/backbone/stages.0/pwconv1/MatMul']}
+
+
+def test_calibration_ranges_cover_every_image(tmp_path):
+    """The activation range is the one over all calibration inputs, the first included
+    (ONNX Runtime's CalibMaxIntermediateOutputs dropped each full group of inputs unread)."""
+    make = onnx.helper.make_node
+    model = _graph_of([make('Conv', ['x', 'w'], ['y'], name='/backbone/conv/Conv')], ['w'])
+    model.graph.output[0].name = 'y'
+    model.graph.input[0].type.tensor_type.shape.dim.extend(
+        [onnx.TensorShapeProto.Dimension(dim_value=d) for d in (1, 4, 8, 8)])
+    model.opset_import[0].version = 17
+    onnx.save(model, tmp_path / 'fp32.onnx')
+    generator = np.random.default_rng(0)
+    feeds = [{'x': (generator.uniform(-1, 1, (1, 4, 8, 8)) * (100 if i == 0 else 1))
+              .astype(np.float32)} for i in range(40)]
+    quantize_file(tmp_path / 'fp32.onnx', tmp_path / 'int8.onnx', iter(feeds),
+                  QuantizationPolicy(depthwise=True, heads=True))
+    graph = onnx.load(str(tmp_path / 'int8.onnx')).graph
+    quantize = next(n for n in graph.node if n.op_type == 'QuantizeLinear' and n.input[0] == 'x')
+    scale = next(numpy_helper.to_array(i) for i in graph.initializer if i.name == quantize.input[1])
+    assert float(scale) > 100 / 255  # the first input's range, about 200 / 255
 
 
 @pytest.mark.parametrize('requested, available, message', [
