@@ -23,14 +23,16 @@ from convnext_dense.benchmark.onnx_runtime import (
 )
 from convnext_dense.utils import atomic_file
 
-CASES = [('configs/upernet_convnext_t_ade20k_512.py', (512, 512)),
-         ('configs/mask_rcnn_convnext_t_coco.py', (800, 1344))]
+CASES = {'upernet': ('configs/upernet_convnext_t_ade20k_512.py', (512, 512)),
+         'mask_rcnn': ('configs/mask_rcnn_convnext_t_coco.py', (800, 1344))}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--threads', type=int, default=2, help='threads of both runtimes')
     parser.add_argument('--reps', type=int, default=5, help='timed rounds (median)')
+    parser.add_argument('--cases', nargs='+', choices=list(CASES), default=list(CASES),
+                        help='which models to time (default all)')
     parser.add_argument('--note', default='', help='a sentence added to the section (e.g. what '
                         'else ran on the machine)')
     parser.add_argument('--out', type=Path, default=DEFAULT_PAGE,
@@ -43,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = []
-    for config, shape in CASES:
+    for config, shape in (CASES[name] for name in args.cases):
         results.append(compare(config, shape, args.threads, args.reps))
         print(markdown(results[-1:]), flush=True)
     command = 'python tools/benchmark_onnx.py ' + shlex.join(sys.argv[1:] if argv is None else argv)
