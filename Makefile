@@ -70,8 +70,9 @@ demo-seg: setup
 demo-deeplab: setup
 	$(PY) tools/demo.py deeplab --work-dir work_dirs/demo $(DEMO_ARGS)
 
-# After `make demo` and `make demo-seg`: both trained demo models exported to ONNX, evaluated
-# with ONNX Runtime next to PyTorch (onnx_metrics.json), predictions drawn (onnx_infer/).
+# After `make demo` and `make demo-seg`: both trained demo models exported to ONNX (and to int8
+# where verified), evaluated with ONNX Runtime and OpenVINO next to PyTorch (onnx_metrics.json),
+# predictions drawn (onnx_infer/).
 demo-export: setup
 	$(PY) tools/demo.py det --export --work-dir work_dirs/demo
 	$(PY) tools/demo.py seg --export --work-dir work_dirs/demo

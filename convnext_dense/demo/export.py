@@ -1,7 +1,9 @@
-"""The demo carried through deployment: export the trained demo model, evaluate it with ONNX
-Runtime next to PyTorch, and draw its predictions (``make demo-export``)."""
+"""The demo carried through deployment: export the trained demo model (fp32, and int8 where its
+model type's quantization is verified), evaluate it with ONNX Runtime and OpenVINO next to
+PyTorch, and draw its predictions (``make demo-export``)."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Dict, Optional, Union
@@ -12,6 +14,7 @@ from ..apis.config_files import packaged_config
 from ..apis.inference import IMAGE_SUFFIXES, run_inference
 from ..apis.runner import build_runner, load_config, prepare_test_cfg
 from ..deploy.export import export_onnx
+from ..deploy.quantize import VERIFIED_POLICIES, export_int8, model_kind
 from ..deploy.runtime import load_onnx_model, use_onnx_runtime
 from .run import data_root_options, get_task
 
@@ -39,14 +42,19 @@ def _val_images(cfg, count: int) -> list[Path]:
 
 def export_demo(task: str, work_dir: PathLike = 'work_dirs/demo',
                 data_root: Optional[PathLike] = None) -> Dict[str, Dict[str, float]]:
-    """Export ``task``'s trained demo model and compare ONNX Runtime with PyTorch on val.
+    """Export ``task``'s trained demo model and compare the exports' runtimes with PyTorch on
+    val.
 
-    Writes ``WORK_DIR/<task>/onnx/`` (the export, replaced on each run), ``onnx_metrics.json``
-    (both metrics and their difference) and ``onnx_infer/`` (ONNX Runtime's predictions on
-    the first validation images, drawn, and their JSON).
+    Writes ``WORK_DIR/<task>/onnx/`` (the fp32 export, replaced on each run), ``onnx_int8/``
+    (the int8 export, calibrated on the demo's own training set, for the model types whose
+    int8 export is verified: :data:`~convnext_dense.deploy.quantize.VERIFIED_POLICIES`),
+    ``onnx_metrics.json`` (the metrics of each and the differences: ONNX Runtime against
+    PyTorch, int8 against fp32, OpenVINO against ONNX Runtime) and ``onnx_infer/`` (ONNX
+    Runtime's predictions on the first validation images, drawn, and their JSON).
 
     Returns:
-        ``{'pytorch': metrics, 'onnxruntime': metrics}`` of the task's headline metrics.
+        The task's headline metrics of ``'pytorch'``, ``'onnxruntime'``, ``'openvino'`` and,
+        with an int8 export, ``'onnxruntime_int8'`` and ``'openvino_int8'``.
     """
     spec = get_task(task)
     run_dir = Path(work_dir) / spec.out_name
@@ -56,21 +64,36 @@ def export_demo(task: str, work_dir: PathLike = 'work_dirs/demo',
     onnx_file = export_onnx(config, str(checkpoint), run_dir / 'onnx', force=True,
                             cfg_options=options)
     print_log(f'Exported {checkpoint} to {onnx_file}', logger='current')
+    runs = [('pytorch', checkpoint, 'onnxruntime'), ('onnxruntime', onnx_file, 'onnxruntime'),
+            ('openvino', onnx_file, 'openvino')]
+    if model_kind(load_config(config, options)) in VERIFIED_POLICIES:
+        int8_file = export_int8(config, str(checkpoint), run_dir / 'onnx_int8', force=True,
+                                cfg_options=options)
+        print_log(f'Exported {checkpoint} to {int8_file} (int8)', logger='current')
+        runs += [('onnxruntime_int8', int8_file, 'onnxruntime'),
+                 ('openvino_int8', int8_file, 'openvino')]
     metrics: Dict[str, Dict[str, float]] = {}
-    for name, model in (('pytorch', checkpoint), ('onnxruntime', onnx_file)):
+    for name, model, runtime in runs:
         cfg = prepare_test_cfg(config, str(model), str(run_dir / f'test_{name}'),
-                               cfg_options=options, onnx_runtime=use_onnx_runtime)
+                               cfg_options=options,
+                               onnx_runtime=functools.partial(use_onnx_runtime, runtime=runtime))
         cfg.visualizer.pop('name', None)  # a visualizer of its own per runner
         results = build_runner(cfg).test()
         metrics[name] = {key: float(results[key]) for key in spec.metrics}
     images = _val_images(load_config(config, options), NUM_INFER_IMAGES)
     run_inference(config, str(onnx_file), images, run_dir / 'onnx_infer', force=True,
                   cfg_options=options, load_onnx=load_onnx_model)
-    report = dict(metrics, difference={key: metrics['onnxruntime'][key] - metrics['pytorch'][key]
-                                       for key in spec.metrics})
+    pairs = {'difference': ('onnxruntime', 'pytorch'),
+             'openvino_difference': ('openvino', 'onnxruntime'),
+             'int8_difference': ('onnxruntime_int8', 'onnxruntime'),
+             'openvino_int8_difference': ('openvino_int8', 'onnxruntime_int8')}
+    report = dict(metrics, **{name: {key: metrics[a][key] - metrics[b][key]
+                                     for key in spec.metrics}
+                              for name, (a, b) in pairs.items() if a in metrics})
     (run_dir / 'onnx_metrics.json').write_text(json.dumps(report, indent=2) + '\n')
-    lines = [f'{key}: PyTorch {metrics["pytorch"][key]:.4f}, ONNX Runtime '
-             f'{metrics["onnxruntime"][key]:.4f}' for key in spec.metrics]
+    lines = [f'{key}: ' + ', '.join(f'{name} {values[key]:.4f}'
+                                     for name, values in metrics.items())
+             for key in spec.metrics]
     print_log('Demo export: ' + '; '.join(lines) + f' ({run_dir / "onnx_metrics.json"})',
               logger='current')
     return metrics
