@@ -41,6 +41,10 @@ from pathlib import Path
 DISTRIBUTIONS = {'mmcv': '2.1.0', 'onedl-mmcv': '2.3.6'}
 # the mmengine distribution of each stack -> that stack's mmcv distribution
 MMCV_FOR_MMENGINE = {'mmengine': 'mmcv', 'onedl-mmengine': 'onedl-mmcv'}
+#: What either mmcv needs at run time beside torch and mmengine (the wheel is installed with
+#: --no-deps, so that pip never touches torch).
+RUNTIME_REQUIREMENTS = ('addict', 'numpy', 'opencv-python', 'packaging', 'Pillow', 'pyyaml',
+                        'yapf')
 
 VERIFY_SNIPPET = """
 import importlib.metadata
@@ -286,9 +290,10 @@ def install(mmcv_version: str | None = None, force_build: bool = False,
         log(f'cached wheel {wheel}')
     # --force-reinstall replaces only the same distribution (another one was refused above)
     run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--force-reinstall', str(wheel)])
-    # mmcv's own runtime requirements, without letting pip touch torch.
-    run([sys.executable, '-m', 'pip', 'install', 'addict', 'packaging', 'Pillow', 'pyyaml',
-         'yapf'])
+    # mmcv's own runtime requirements, without letting pip touch torch. opencv: onedl-mmcv
+    # declares it itself; upstream mmcv leaves it to mmengine, which onedl-mmengine does not
+    # require (without it the fork's `import mmcv` fails: no module named cv2).
+    run([sys.executable, '-m', 'pip', 'install', *RUNTIME_REQUIREMENTS])
     if not verify(mmcv_version, dist=dist):
         raise InstallError(f'{dist} {mmcv_version} was installed from {wheel} but its ops do '
                            'not work; delete that wheel and run with --force-build')
