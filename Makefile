@@ -78,8 +78,10 @@ demo-export: setup
 	$(PY) tools/demo.py seg --export --work-dir work_dirs/demo
 
 # The suite runs on every core (pytest-xdist; whole test files per worker, so a file's shared
-# fixtures are built once); tests/conftest.py splits torch's threads between the workers.
-XDIST := -n auto --dist loadfile
+# fixtures are built once); tests/conftest.py splits torch's threads between the workers. A
+# worker that dies ends the run at once (xdist's file scheduler can wait forever after
+# replacing one).
+XDIST := -n auto --dist loadfile --max-worker-restart=0
 test: setup
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
