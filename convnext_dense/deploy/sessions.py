@@ -10,6 +10,7 @@ the graph's order, as numpy arrays.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from pathlib import Path
@@ -98,16 +99,31 @@ class OnnxRuntimeSession:
         return self.session.run(None, feed)
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, kept until the process ends.
+
+    OpenVINO's CPU plugin (2026.4) installs an alternate signal stack on the thread that
+    creates a ``Core`` and, when that ``Core`` is destroyed, puts back the one it found. Two
+    ``Core`` objects destroyed in the order they were made leave the thread's alternate stack
+    pointing to unmapped memory, and the next signal with a Python handler (Python installs
+    them with ``SA_ONSTACK``: SIGTERM, SIGINT, the SIGCHLD of DataLoader workers) kills the
+    process with a segmentation fault. One ``Core`` that lives as long as the process keeps that
+    stack valid.
+    """
+    return require_openvino().Core()
+
+
 class OpenVINOSession:
     """OpenVINO's CPU plugin on the ONNX file, fp32 inference precision."""
 
     def __init__(self, onnx_file: str | os.PathLike, threads: int | None = None) -> None:
-        ov = require_openvino()
+        require_openvino()  # names the extra, also once the Core exists
+        core = openvino_core()
         config: dict[str, Any] = {'INFERENCE_PRECISION_HINT': 'f32'}
         if threads:
             config['INFERENCE_NUM_THREADS'] = int(threads)
         try:
-            core = ov.Core()
             self.model = core.compile_model(core.read_model(str(onnx_file)), 'CPU', config)
         except Exception as exc:  # OpenVINO raises RuntimeError and its own types
             raise RuntimeLoadError(f'{onnx_file}: OpenVINO cannot load it: {exc}') from None
@@ -139,4 +155,4 @@ def open_runtime_session(onnx_file: str | os.PathLike, runtime: str = DEFAULT_RU
 
 __all__ = ['DEFAULT_RUNTIME', 'RUNTIMES', 'OnnxRuntimeSession', 'OpenVINOSession',
            'RuntimeLoadError', 'Session', 'check_runtime', 'open_runtime_session',
-           'require_openvino', 'runtime_for']
+           'openvino_core', 'require_openvino', 'runtime_for']

@@ -1,15 +1,15 @@
 """A benchmark run and the tool end to end."""
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
+import signal
 
 import pytest
 
 from convnext_dense.benchmark import suite
 from convnext_dense.benchmark.report import render_markdown
 from convnext_dense.benchmark.suite import Settings, run, setting_variants
-from tests.conftest import REPO, load_tool, run_tool_process
+from tests.conftest import load_tool, run_tool_process
 
 
 @pytest.mark.slow
@@ -87,38 +87,26 @@ def test_run_with_a_broken_mmpretrain_says_so(broken_mmpretrain, capsys):
     assert 'not installed' not in text.split('Command:')[1]
 
 
-#: The tool's main with its run stopped by SIGTERM after the first setting, in a process of its
-#: own (as `timeout` stops it): a process that has loaded OpenVINO (other tests) segfaults on
-#: that signal.
-SIGTERM_SCRIPT = """
-import os, signal, sys
-from tests.conftest import load_tool
-tool = load_tool('benchmark')
-real_run = tool.run
+def test_benchmark_tool_stopped_by_sigterm_leaves_a_partial_report(tmp_path, monkeypatch):
+    tool = load_tool('benchmark')
+    real_run = tool.run
 
-def run_then_sigterm(settings, progress):
-    def progress_then_stop(results):
-        progress(results)
-        os.kill(os.getpid(), signal.SIGTERM)  # what `timeout` sends
-    return real_run(settings, progress_then_stop)
+    def run_then_sigterm(settings, progress):
+        def progress_then_stop(results):
+            progress(results)
+            os.kill(os.getpid(), signal.SIGTERM)  # what `timeout` sends
+        return real_run(settings, progress_then_stop)
 
-tool.run = run_then_sigterm
-handler_before = signal.getsignal(signal.SIGTERM)
-returncode = tool.main(['--archs', 'atto', '--sizes', '32,48', '--batches', '1', '1',
-                        '--impls', 'ours', '--modes', 'infer', '--options', '', '--reps', '1',
-                        '--budget', '0', '--threads', '1', '--no-memory', '--no-profile',
-                        '--no-detector', '--whole-models', '', '--device', 'cpu',
-                        '--out', sys.argv[1]])
-restored = signal.getsignal(signal.SIGTERM) == handler_before
-print('returncode', returncode, 'handler restored', restored)
-"""
-
-
-def test_benchmark_tool_stopped_by_sigterm_leaves_a_partial_report(tmp_path):
+    monkeypatch.setattr(tool, 'run', run_then_sigterm)
     out = tmp_path / 'bench.md'
-    result = subprocess.run([sys.executable, '-c', SIGTERM_SCRIPT, str(out)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert 'returncode 130 handler restored True' in result.stdout, result.stderr[-3000:]
+    handler_before = signal.getsignal(signal.SIGTERM)
+    returncode = tool.main(['--archs', 'atto', '--sizes', '32,48', '--batches', '1', '1',
+                            '--impls', 'ours', '--modes', 'infer', '--options', '', '--reps', '1',
+                            '--budget', '0', '--threads', '1', '--no-memory', '--no-profile',
+                            '--no-detector', '--whole-models', '', '--device', 'cpu',
+                            '--out', str(out)])
+    assert returncode == 130
+    assert signal.getsignal(signal.SIGTERM) == handler_before
     text = out.read_text()
     assert '**Partial report**' in text
     assert '| atto | 32x32 | 1 | infer |' in text  # the setting measured before the stop

@@ -8,6 +8,7 @@ the int8 file quantizes it (4 random calibration inputs).
 from __future__ import annotations
 
 import functools
+import subprocess
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -151,3 +152,31 @@ def test_an_unloadable_file_is_named_by_each_runtime(tmp_path):
     for runtime, name in (('onnxruntime', 'ONNX Runtime'), ('openvino', 'OpenVINO')):
         with pytest.raises(ValueError, match=f'{broken}: {name} cannot load it'):
             open_runtime_session(broken, runtime)
+
+
+#: Two OpenVINO sessions dropped in the order they were made, then a signal with a Python
+#: handler (as SIGTERM from `timeout`, or a DataLoader worker's SIGCHLD, arrives): with a
+#: ``Core`` per session the CPU plugin left the thread's alternate signal stack on unmapped
+#: memory and the process died with a segmentation fault here.
+SIGNAL_AFTER_SESSIONS = """
+import gc, os, signal, sys, time
+from convnext_dense.deploy.sessions import open_runtime_session
+first = open_runtime_session(sys.argv[1], 'openvino', threads=1)
+second = open_runtime_session(sys.argv[1], 'openvino', threads=1)
+del first
+gc.collect()
+del second
+gc.collect()
+received = []
+signal.signal(signal.SIGTERM, lambda *args: received.append('SIGTERM'))
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.1)
+print('received', received)
+"""
+
+
+def test_a_signal_after_openvino_sessions_reaches_its_python_handler(files):
+    result = subprocess.run([sys.executable, '-c', SIGNAL_AFTER_SESSIONS, str(files.fp32)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
+    assert "received ['SIGTERM']" in result.stdout
