@@ -32,7 +32,8 @@ from mmdet.models.task_modules.coders.delta_xywh_bbox_coder import delta2bbox
 from torch import nn
 from torchvision.ops import roi_align
 
-from .errors import ExportError
+from .errors import refuse_detector
+from .features import FeaturesExport
 from .ops import OnnxNonMaxSuppression, exportable_copy
 
 SUPPORTED_ROI_HEADS = ('StandardRoIHead', 'CascadeRoIHead')
@@ -216,9 +217,7 @@ def check_detector(detector: nn.Module) -> None:
     Raises:
         ExportError: naming each such setting (its config key) and why.
     """
-    problems = detector_problems(detector)
-    if problems:
-        raise ExportError('cannot export this detector: ' + '; '.join(problems))
+    refuse_detector(detector_problems(detector))
 
 
 def _level_anchors(base_anchors: torch.Tensor, stride: tuple[float, float],
@@ -315,7 +314,7 @@ def _image_index(num_images: int, per_image: int, like: torch.Tensor) -> torch.T
     return index[:, None].expand(-1, per_image).reshape(-1, 1)
 
 
-class TwoStageDetectorExport(nn.Module):
+class TwoStageDetectorExport(FeaturesExport):
     """Test-time forward of an mmdet ``TwoStageDetector`` (RPN + RoI heads), export-ready.
 
     Raises:
@@ -323,11 +322,9 @@ class TwoStageDetectorExport(nn.Module):
     """
 
     def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
         check_detector(detector)
         detector = exportable_copy(detector)
-        self.backbone = detector.backbone
-        self.neck = detector.neck if detector.with_neck else None
+        super().__init__(detector)
         self.rpn_head, self.roi_head = detector.rpn_head, detector.roi_head
         self.cascade = _type(detector.roi_head) == 'CascadeRoIHead'
         self.with_mask = bool(self.roi_head.with_mask)
@@ -439,9 +436,7 @@ class TwoStageDetectorExport(nn.Module):
         """``dets``, ``labels`` (and ``masks`` with a mask head) of a preprocessed batch and
         each image's (height, width) before padding."""
         limits = img_shape.to(input.dtype)
-        features = self.backbone(input)
-        if self.neck is not None:
-            features = self.neck(features)
+        features = self.features(input)
         proposals, proposal_scores = self._proposals(features, limits)
         num_images, num_proposals = proposals.shape[:2]
 

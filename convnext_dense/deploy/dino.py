@@ -28,7 +28,7 @@ from mmdet.structures.bbox import bbox_cxcywh_to_xyxy
 from torch import nn
 
 from .detection import _clip, _gather_rows
-from .errors import ExportError
+from .errors import refuse_detector
 from .msda import gather_sampler
 from .ops import exportable_copy
 
@@ -67,9 +67,7 @@ def check_dino(detector: nn.Module) -> None:
     Raises:
         ExportError: naming each such setting (its config key) and why.
     """
-    problems = dino_problems(detector)
-    if problems:
-        raise ExportError('cannot export this detector: ' + '; '.join(problems))
+    refuse_detector(dino_problems(detector))
 
 
 @contextlib.contextmanager

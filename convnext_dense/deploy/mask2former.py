@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .detection import _gather_rows
-from .errors import ExportError
+from .errors import refuse_detector
+from .features import FeaturesExport
 from .msda import gather_sampler
 from .ops import exportable_copy
+from .segmentation import SegmentorExport
 
 #: the fusion head's ``test_cfg`` keys the instance graph honours, and those that only the
 #: panoptic results read (they change nothing in instance mode)
@@ -44,7 +46,7 @@ def _mask_logits_at(mask_preds: torch.Tensor, like: torch.Tensor) -> torch.Tenso
     return F.interpolate(mask_preds, size=like.shape[-2:], mode='bilinear', align_corners=False)
 
 
-class Mask2FormerSegmentorExport(nn.Module):
+class Mask2FormerSegmentorExport(SegmentorExport):
     """Whole-image inference of an mmseg ``EncoderDecoder`` with a ``Mask2FormerHead`` up to
     ``seg_logits`` at the input size (mmseg's ``Mask2FormerHead.predict``).
 
@@ -52,17 +54,8 @@ class Mask2FormerSegmentorExport(nn.Module):
     returns (N, num_classes, H, W) float32 class scores.
     """
 
-    def __init__(self, segmentor: nn.Module) -> None:
-        super().__init__()
-        segmentor = exportable_copy(segmentor)
-        self.backbone = segmentor.backbone
-        self.neck = segmentor.neck if getattr(segmentor, 'with_neck', False) else None
-        self.decode_head = segmentor.decode_head
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (the ONNX name)
-        features = self.backbone(input)
-        if self.neck is not None:
-            features = self.neck(features)
+        features = self.features(input)
         with gather_sampler():
             # the head reads nothing from the data samples but the batch size (from x)
             cls_scores, mask_preds = self.decode_head(features, [])
@@ -108,9 +101,7 @@ def check_mask2former(detector: nn.Module) -> None:
     Raises:
         ExportError: naming each such setting (its config key) and why.
     """
-    problems = mask2former_problems(detector)
-    if problems:
-        raise ExportError('cannot export this detector: ' + '; '.join(problems))
+    refuse_detector(mask2former_problems(detector))
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -131,7 +122,7 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.where(empty[..., None], torch.zeros_like(boxes), boxes)
 
 
-class Mask2FormerDetectorExport(nn.Module):
+class Mask2FormerDetectorExport(FeaturesExport):
     """Test-time forward of an mmdet ``Mask2Former`` in instance mode, export-ready (see the
     module docstring).
 
@@ -140,11 +131,9 @@ class Mask2FormerDetectorExport(nn.Module):
     """
 
     def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
         check_mask2former(detector)
         detector = exportable_copy(detector)
-        self.backbone = detector.backbone
-        self.neck = detector.neck if detector.with_neck else None
+        super().__init__(detector)
         self.panoptic_head = detector.panoptic_head
         self.max_per_image = int((detector.test_cfg or {}).get('max_per_image', 100))
 
@@ -152,9 +141,7 @@ class Mask2FormerDetectorExport(nn.Module):
                 img_shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``dets``, ``labels`` and ``masks`` of a preprocessed batch and each image's
         (height, width) before padding."""
-        features = self.backbone(input)
-        if self.neck is not None:
-            features = self.neck(features)
+        features = self.features(input)
         with gather_sampler():
             cls_scores, mask_preds = self.panoptic_head(features, [])
         probabilities = F.softmax(cls_scores[-1], dim=-1)[..., :-1]

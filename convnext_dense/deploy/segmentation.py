@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .features import FeaturesExport
 from .ops import exportable_copy
 
 
-class SegmentorExport(nn.Module):
+class SegmentorExport(FeaturesExport):
     """Whole-image inference of an mmseg ``EncoderDecoder`` up to its decode head's logits.
 
     ``forward(input)`` takes the batch as the segmentor's data preprocessor makes it (N, 3,
@@ -27,17 +28,12 @@ class SegmentorExport(nn.Module):
     """
 
     def __init__(self, segmentor: nn.Module) -> None:
-        super().__init__()
         segmentor = exportable_copy(segmentor)
-        self.backbone = segmentor.backbone
-        self.neck = segmentor.neck if getattr(segmentor, 'with_neck', False) else None
+        super().__init__(segmentor)
         self.decode_head = segmentor.decode_head
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 (the ONNX name)
-        features = self.backbone(input)
-        if self.neck is not None:
-            features = self.neck(features)
-        return self.decode_head(features)
+        return self.decode_head(self.features(input))
 
 
 

@@ -21,7 +21,6 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
 from torchvision.ops import box_iou
 
-from convnext_dense.apis.models import build_model
 from convnext_dense.apis.runner import load_config
 from convnext_dense.demo.data import make_coco_dataset
 from convnext_dense.demo.run import data_root_options
@@ -29,6 +28,7 @@ from convnext_dense.deploy.errors import ExportError
 from convnext_dense.deploy.export import export_graph, export_onnx
 from convnext_dense.deploy.runtime import ONNXRuntimeDetector, use_onnx_runtime
 from tests.conftest import run_tool_main
+from tests.deploy.random_exports import export_random_model
 
 REPO = Path(__file__).resolve().parents[2]
 DINO = REPO / 'configs/dino_4scale_convnext_t_coco.py'
@@ -66,10 +66,7 @@ def dino_export(tmp_path_factory):
     data_root = make_coco_dataset(tmp / 'data', num_train=1, num_val=1, image_size=(96, 144),
                                   seed=3)
     config = dino_config(tmp, data_root)
-    torch.manual_seed(0)
-    model = build_model(load_config(str(config))).eval()
-    torch.save({'state_dict': model.state_dict()}, tmp / 'dino.pth')
-    onnx_file = export_onnx(str(config), str(tmp / 'dino.pth'), tmp / 'onnx', shape=(96, 128))
+    model, onnx_file = export_random_model(config, tmp, 'dino')
     return model, config, onnx_file, tmp
 
 

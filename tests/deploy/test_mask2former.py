@@ -20,7 +20,6 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
 from torchvision.ops import box_iou
 
-from convnext_dense.apis.models import build_model
 from convnext_dense.apis.runner import load_config
 from convnext_dense.demo.data import make_ade20k_dataset, make_coco_dataset
 from convnext_dense.demo.run import data_root_options
@@ -31,6 +30,7 @@ from convnext_dense.deploy.runtime import (
     ONNXRuntimeSegmentor,
     use_onnx_runtime,
 )
+from tests.deploy.random_exports import export_random_model
 
 REPO = Path(__file__).resolve().parents[2]
 M2F_ADE = REPO / 'configs/mask2former_convnext_t_ade20k_512.py'
@@ -81,11 +81,8 @@ def seg_export(tmp_path_factory):
     data_root = make_ade20k_dataset(tmp / 'data', num_train=1, num_val=1, image_size=(96, 144),
                                     seed=3)
     config = seg_config(tmp, data_root)
-    torch.manual_seed(0)
-    model = build_model(load_config(str(config))).eval()
-    spread_votes(model.decode_head)
-    torch.save({'state_dict': model.state_dict()}, tmp / 'seg.pth')
-    onnx_file = export_onnx(str(config), str(tmp / 'seg.pth'), tmp / 'onnx', shape=(96, 128))
+    model, onnx_file = export_random_model(
+        config, tmp, 'seg', init=lambda model: spread_votes(model.decode_head))
     return model, config, onnx_file
 
 
@@ -180,12 +177,8 @@ def instance_export(tmp_path_factory):
     data_root = make_coco_dataset(tmp / 'data', num_train=1, num_val=1, image_size=(96, 144),
                                   seed=3)
     config = instance_config(tmp, data_root)
-    torch.manual_seed(0)
-    model = build_model(load_config(str(config))).eval()
-    spread_votes(model.panoptic_head, cls_std=0.1)
-    torch.save({'state_dict': model.state_dict()}, tmp / 'instance.pth')
-    onnx_file = export_onnx(str(config), str(tmp / 'instance.pth'), tmp / 'onnx',
-                           shape=(96, 128))
+    model, onnx_file = export_random_model(
+        config, tmp, 'instance', init=lambda model: spread_votes(model.panoptic_head, cls_std=0.1))
     return model, config, onnx_file
 
 
