@@ -1,15 +1,23 @@
-"""A random-weight model of a config, saved and exported: what the deploy tests compare."""
+"""A random-weight model of a config, saved and exported, and the export next to it on the
+config's test dataset: what the deploy tests compare."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import importlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.registry import DefaultScope
 from torch import nn
 
 from convnext_dense.apis.models import build_model
 from convnext_dense.apis.runner import load_config
 from convnext_dense.deploy.export import export_onnx
+from convnext_dense.deploy.runtime import use_onnx_runtime
 
 
 def export_random_model(config: Path, folder: Path, name: str,
@@ -24,3 +32,26 @@ def export_random_model(config: Path, folder: Path, name: str,
     checkpoint = folder / f'{name}.pth'
     torch.save({'state_dict': model.state_dict()}, checkpoint)
     return model, export_onnx(str(config), str(checkpoint), folder / 'onnx', shape=shape)
+
+
+def runtime_and_test_dataset(cfg: Config, onnx_file: Path, scope: str) -> tuple[nn.Module, Any]:
+    """The export as tools/test.py builds it from ``cfg`` (the runtime model, registered in
+    ``scope``'s registry, as mmengine's Runner builds it) and the config's test dataset."""
+    cfg = copy.deepcopy(cfg)
+    use_onnx_runtime(cfg, str(onnx_file))
+    registry = importlib.import_module(f'{scope}.registry')
+    with DefaultScope.overwrite_default_scope(scope):
+        runtime = registry.MODELS.build(cfg.model).eval()
+        dataset = registry.DATASETS.build(cfg.test_dataloader.dataset)
+    return runtime, dataset
+
+
+def paired_predictions(model: nn.Module, runtime: nn.Module,
+                       dataset: Any) -> Iterator[tuple[Any, Any]]:
+    """(PyTorch's, the runtime's) data sample for each image of ``dataset``, a batch of one
+    each, as the test loop feeds them."""
+    for index in range(len(dataset)):
+        batch = pseudo_collate([dataset[index]])
+        with torch.no_grad():
+            yield (model.test_step(copy.deepcopy(batch))[0],
+                   runtime.test_step(copy.deepcopy(batch))[0])

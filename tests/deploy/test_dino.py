@@ -17,8 +17,6 @@ import pytest
 import torch
 from mmdet.structures import DetDataSample
 from mmengine.config import Config
-from mmengine.dataset import pseudo_collate
-from mmengine.registry import DefaultScope
 from torchvision.ops import box_iou
 
 from convnext_dense.apis.runner import load_config
@@ -26,9 +24,13 @@ from convnext_dense.demo.data import make_coco_dataset
 from convnext_dense.demo.run import data_root_options
 from convnext_dense.deploy.errors import ExportError
 from convnext_dense.deploy.export import export_graph, export_onnx
-from convnext_dense.deploy.runtime import ONNXRuntimeDetector, use_onnx_runtime
+from convnext_dense.deploy.runtime import ONNXRuntimeDetector
 from tests.conftest import run_tool_main
-from tests.deploy.random_exports import export_random_model
+from tests.deploy.random_exports import (
+    export_random_model,
+    paired_predictions,
+    runtime_and_test_dataset,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DINO = REPO / 'configs/dino_4scale_convnext_t_coco.py'
@@ -124,18 +126,10 @@ def test_runtime_matches_mmdet_on_the_dataset(dino_export):
     """ONNXRuntimeDetector (tools/test.py's model) on the test dataloader's images (96x144
     resized to 107x160): the predictions at the original size are mmdet's ``predict``."""
     model, config, onnx_file, _ = dino_export
-    cfg = load_config(str(config))
-    use_onnx_runtime(cfg, str(onnx_file))
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        from mmdet.registry import DATASETS, MODELS
-        runtime = MODELS.build(cfg.model).eval()
-        dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    runtime, dataset = runtime_and_test_dataset(load_config(str(config)), onnx_file, 'mmdet')
     assert isinstance(runtime, ONNXRuntimeDetector)
-    for index in range(len(dataset)):
-        batch = pseudo_collate([dataset[index]])
-        with torch.no_grad():
-            expected = model.test_step(copy.deepcopy(batch))[0].pred_instances
-            actual = runtime.test_step(copy.deepcopy(batch))[0]
+    for reference, actual in paired_predictions(model, runtime, dataset):
+        expected = reference.pred_instances
         assert actual.ori_shape == (96, 144) and actual.img_shape == (107, 160)
         ours = actual.pred_instances
         assert len(ours) == len(expected) == 40

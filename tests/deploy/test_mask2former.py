@@ -6,7 +6,6 @@ repeats), random weights, on the demo datasets' pictures.
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -16,8 +15,6 @@ import onnxruntime as ort
 import pytest
 import torch
 from mmengine.config import Config, ConfigDict
-from mmengine.dataset import pseudo_collate
-from mmengine.registry import DefaultScope
 from torchvision.ops import box_iou
 
 from convnext_dense.apis.runner import load_config
@@ -28,9 +25,12 @@ from convnext_dense.deploy.export import export_graph, export_onnx
 from convnext_dense.deploy.runtime import (
     ONNXRuntimeDetector,
     ONNXRuntimeSegmentor,
-    use_onnx_runtime,
 )
-from tests.deploy.random_exports import export_random_model
+from tests.deploy.random_exports import (
+    export_random_model,
+    paired_predictions,
+    runtime_and_test_dataset,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 M2F_ADE = REPO / 'configs/mask2former_convnext_t_ade20k_512.py'
@@ -122,19 +122,10 @@ def test_seg_runtime_matches_mmseg_on_the_dataset(seg_export):
     """ONNXRuntimeSegmentor (tools/test.py's model) on the test dataloader's padded batches:
     the class maps at the original size agree with mmseg's ``predict``."""
     model, config, onnx_file = seg_export
-    cfg = load_config(str(config))
-    use_onnx_runtime(cfg, str(onnx_file))
-    with DefaultScope.overwrite_default_scope('mmseg'):
-        from mmseg.registry import DATASETS, MODELS
-        runtime = MODELS.build(cfg.model).eval()
-        dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    runtime, dataset = runtime_and_test_dataset(load_config(str(config)), onnx_file, 'mmseg')
     assert isinstance(runtime, ONNXRuntimeSegmentor)
     model.test_cfg = ConfigDict(mode='whole')
-    for index in range(len(dataset)):
-        batch = pseudo_collate([dataset[index]])
-        with torch.no_grad():
-            expected = model.test_step(copy.deepcopy(batch))[0]
-            actual = runtime.test_step(copy.deepcopy(batch))[0]
+    for expected, actual in paired_predictions(model, runtime, dataset):
         assert actual.img_shape == (107, 160) and actual.ori_shape == (96, 144)
         ours, theirs = actual.pred_sem_seg.data, expected.pred_sem_seg.data
         assert ours.shape == theirs.shape == (1, 96, 144)
@@ -242,18 +233,10 @@ def test_instance_runtime_matches_mmdet_on_the_dataset(instance_export):
     masks resized from the input size (mask IoU > 0.9; scores, computed on the input, within
     0.02)."""
     model, config, onnx_file = instance_export
-    cfg = load_config(str(config))
-    use_onnx_runtime(cfg, str(onnx_file))
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        from mmdet.registry import DATASETS, MODELS
-        runtime = MODELS.build(cfg.model).eval()
-        dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    runtime, dataset = runtime_and_test_dataset(load_config(str(config)), onnx_file, 'mmdet')
     assert isinstance(runtime, ONNXRuntimeDetector)
-    for index in range(len(dataset)):
-        batch = pseudo_collate([dataset[index]])
-        with torch.no_grad():
-            expected = model.test_step(copy.deepcopy(batch))[0].pred_instances
-            actual = runtime.test_step(copy.deepcopy(batch))[0]
+    for reference, actual in paired_predictions(model, runtime, dataset):
+        expected = reference.pred_instances
         assert actual.ori_shape == (96, 144) and actual.img_shape == (107, 160)
         ours = actual.pred_instances
         assert ours.masks.shape == (20, 96, 144) == expected.masks.shape

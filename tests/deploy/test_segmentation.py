@@ -19,7 +19,6 @@ import onnxruntime as ort
 import pytest
 import torch
 from mmengine.config import Config, ConfigDict
-from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
 
 from convnext_dense.apis.models import build_model
@@ -32,6 +31,7 @@ from convnext_dense.deploy.runtime import (
     ONNXRuntimeSegmentor,
     use_onnx_runtime,
 )
+from tests.deploy.random_exports import paired_predictions, runtime_and_test_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 SEG_DEMO = str(REPO / 'configs/demo/upernet_convnext_demo.py')
@@ -97,15 +97,9 @@ def test_dataset_batches_resized_and_padded_match_mmseg(exported, runtime):
     resizes 96x144 to 107x160, the preprocessor pads to 128x160): the class maps at the
     original size agree with mmseg's ``predict``."""
     cfg = load_config(SEG_DEMO, exported.options)
-    with DefaultScope.overwrite_default_scope('mmseg'):
-        from mmseg.registry import DATASETS
-        dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    _, dataset = runtime_and_test_dataset(cfg, exported.onnx_file, 'mmseg')
     assert len(dataset) == 2
-    for index in range(len(dataset)):
-        batch = pseudo_collate([dataset[index]])
-        with torch.no_grad():
-            expected = exported.model.test_step(copy.deepcopy(batch))[0]
-            actual = runtime.test_step(copy.deepcopy(batch))[0]
+    for expected, actual in paired_predictions(exported.model, runtime, dataset):
         assert actual.img_shape == (107, 160) and actual.ori_shape == (96, 144)
         assert tuple(actual.img_padding_size) == (0, 0, 0, 21)  # bottom rows of padding
         assert actual.pred_sem_seg.data.shape == (1, 96, 144)
