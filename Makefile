@@ -77,11 +77,11 @@ demo-export: setup
 	$(PY) tools/demo.py det --export --work-dir work_dirs/demo
 	$(PY) tools/demo.py seg --export --work-dir work_dirs/demo
 
-# The suite runs in one process. Under pytest-xdist (XDIST='-n auto --dist loadfile
-# --max-worker-restart=0'; tests/conftest.py then splits torch's threads between the workers)
-# it takes about 15 minutes instead of 30, but a worker died in three runs here (one of them in
-# a test that passes alone; cause not found yet): not CI's default until it is found.
-XDIST ?=
+# The suite runs on every core with pytest-xdist: whole test files per worker (their module
+# fixtures are built once), a crashed worker ends the run instead of being replaced (xdist's
+# file scheduler can wait forever after a replacement); tests/conftest.py splits torch's threads
+# between the workers. XDIST= runs it in one process (about twice as long on two cores).
+XDIST ?= -n auto --dist loadfile --max-worker-restart=0
 test: setup
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
