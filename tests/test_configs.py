@@ -23,6 +23,7 @@ from convnext_dense.apis.runner import (
     set_randomness,
 )
 from convnext_dense.apis.toolbox import toolbox_of
+from convnext_dense.stack import current_stack
 from tests.conftest import load_packaged_config, load_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,11 +122,15 @@ OTHER_CONFIGS = {
 }
 
 
+#: DINO-4scale-T's parameters (millions) on each stack: onedl-mmdetection's decoder takes
+#: ``embed_dims * 4`` inputs into ``ref_point_head`` where mmdet 3.3.0's takes ``* 2``.
+DINO_T_PARAMS = {'upstream': 48.5, 'onedl': 48.62}
 #: DETR-family configs: the toolbox's reference config of the head, the paper's backbone recipe
-#: of the config named; parameters as above.
+#: of the config named; parameters as above, for the stack installed here.
 DETR_CONFIGS = {
     'dino_4scale_convnext_t_coco.py': ('mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
-                                       'mask_rcnn_convnext_t_coco.py', 48.5),
+                                       'mask_rcnn_convnext_t_coco.py',
+                                       DINO_T_PARAMS[current_stack('mmdet') or 'upstream']),
 }
 
 

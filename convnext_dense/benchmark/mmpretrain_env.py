@@ -6,7 +6,8 @@ its multimodal models, one of which subclasses a class transformers 5 no longer 
 benchmark uses needs those models. :func:`activate_mmpretrain` therefore imports mmpretrain with
 transformers hidden, as a module (``sys.modules['transformers'] = None``, so ``import
 transformers`` raises ImportError) and as an installed distribution (what mmpretrain asks
-``importlib_metadata``), **during that import only**: afterwards transformers is what it was
+``importlib_metadata`` or, onedl-mmpretrain, ``importlib.metadata``), **during that import
+only**: afterwards transformers is what it was
 (imported or not), mmpretrain has registered no multimodal model, and every later import of
 mmpretrain's modules finds them already imported or free of transformers. So activation works
 whatever the process imported before (``import convnext_dense`` already imports transformers,
@@ -38,11 +39,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..stack import current_stack
 
@@ -116,30 +119,40 @@ def _import_convnext() -> str:
 @contextlib.contextmanager
 def _transformers_hidden() -> Iterator[None]:
     """While inside: no ``transformers`` module (imports raise ImportError) and no
-    ``transformers`` distribution for ``importlib_metadata``; afterwards both as before."""
+    ``transformers`` distribution for ``importlib.metadata`` and its backport
+    ``importlib_metadata`` (mmpretrain 1.2.0 asks the backport, onedl-mmpretrain 1.3.6 the
+    standard library); afterwards all as before."""
     missing = object()
     module = sys.modules.get('transformers', missing)
     sys.modules['transformers'] = None  # type: ignore[assignment]
+    metadata_modules = [importlib.metadata]
     try:
-        import importlib_metadata  # what mmpretrain asks (a dependency of it)
+        import importlib_metadata  # a dependency of mmpretrain 1.2.0
+        metadata_modules.append(importlib_metadata)
     except ImportError:
-        importlib_metadata = None
-    distribution = getattr(importlib_metadata, 'distribution', None)
-    if distribution is not None:
-        def without_transformers(name: str):
-            if name.lower() == 'transformers':
-                raise importlib_metadata.PackageNotFoundError(name)
-            return distribution(name)
-        importlib_metadata.distribution = without_transformers
+        pass
+    originals = [(m, m.distribution) for m in metadata_modules]
+    for metadata, distribution in originals:
+        metadata.distribution = _without_transformers(distribution, metadata.PackageNotFoundError)
     try:
         yield
     finally:
-        if distribution is not None:
-            importlib_metadata.distribution = distribution
+        for metadata, distribution in originals:
+            metadata.distribution = distribution
         if module is missing:
             del sys.modules['transformers']
         else:
             sys.modules['transformers'] = module
+
+
+def _without_transformers(distribution: Callable[[str], Any],
+                          not_found: type[Exception]) -> Callable[[str], Any]:
+    """``distribution`` that finds no ``transformers``."""
+    def find(name: str) -> Any:
+        if name.lower() == 'transformers':
+            raise not_found(name)
+        return distribution(name)
+    return find
 
 
 def _comes_from(module: object, folder: Path) -> bool:
