@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 from pathlib import Path
 
@@ -25,13 +24,6 @@ ATTO_DIMS = (40, 80, 160, 320)
 FSDP_CONFIG = """runner_type = 'FlexibleRunner'
 strategy = dict(type='FSDPStrategy',
                 model_wrapper=dict(type='MMFullyShardedDataParallel', use_orig_params=True))"""
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (for torchrun's rendezvous)."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def as_option(values) -> str:
@@ -58,8 +50,10 @@ def dist_train(tmp_path: Path, config_lines: str, iterations: int = 1,
                 f'model.neck.in_channels={as_option(ATTO_DIMS[i] for i in out_indices)}']
     config = tmp_path / 'overlay.py'
     config.write_text(f'_base_ = [{str(CONFIG)!r}]\n{config_lines}\n')
-    # faulthandler: a crashing rank prints every thread's stack into the log
-    env = dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1', PYTHONFAULTHANDLER='1')
+    # faulthandler: a crashing rank prints every thread's stack into the log; no PORT: torchrun
+    # picks a free one (tools/dist_launch.sh)
+    env = {k: v for k, v in os.environ.items() if k not in ('PORT', 'NNODES')}
+    env.update(OMP_NUM_THREADS='1', PYTHONFAULTHANDLER='1')
     result = subprocess.run(
         ['tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir), '--cfg-options',
          *options], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

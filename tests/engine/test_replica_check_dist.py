@@ -16,7 +16,7 @@ import pytest
 
 from convnext_dense.demo.data import make_coco_dataset
 from tests.conftest import REPO
-from tests.test_dist_train import CONFIG, free_port
+from tests.test_dist_train import CONFIG
 from tests.test_tools_e2e import coco_options
 
 pytestmark = pytest.mark.slow
@@ -70,8 +70,8 @@ def test_drifting_replicas_stop_a_two_process_job(tmp_path: Path):
     config = tmp_path / 'drift.py'
     config.write_text(OVERLAY_CONFIG)
     work_dir = tmp_path / 'work'
-    env = dict(os.environ, PORT=str(free_port()), OMP_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join(filter(None, [str(modules),
+    env = dict({k: v for k, v in os.environ.items() if k not in ('PORT', 'NNODES')},
+               OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(filter(None, [str(modules),
                                                         os.environ.get('PYTHONPATH')])))
     result = subprocess.run(
         ['tools/dist_train.sh', str(config), '2', '--work-dir', str(work_dir), '--cfg-options',
