@@ -3,7 +3,8 @@ fp32 LayerNorms, it runs and stays close to the fp32 export, and bad requests ar
 name.
 
 One random-weight UperNet demo model (ConvNeXt-atto, the demo's graph) is exported in fp32 and
-in int8 once for the module, calibrated on 4 images of a generated training set.
+in int8 once for the module, calibrated on 4 images of a generated training set; the Mask
+R-CNN demo model likewise, in int8 only (compared with PyTorch).
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ from onnx import numpy_helper
 
 from convnext_dense.apis.models import build_model
 from convnext_dense.apis.runner import load_config
-from convnext_dense.demo.data import make_ade20k_dataset
+from convnext_dense.demo.data import make_ade20k_dataset, make_coco_dataset
 from convnext_dense.demo.run import data_root_options
 from convnext_dense.deploy.errors import ExportError
-from convnext_dense.deploy.export import export_graph
+from convnext_dense.deploy.export import export_graph, graph_inputs
 from convnext_dense.deploy.quantize import (
     MIN_CALIB_IMAGES,
     QuantizationPolicy,
@@ -33,6 +34,7 @@ from convnext_dense.deploy.quantize import (
     export_int8,
     nodes_to_quantize,
     quantize_file,
+    verified_policy,
 )
 from tests.conftest import run_tool_main
 
@@ -209,3 +211,59 @@ def test_tools_export_int8_prints_the_refusal(tmp_path):
     with pytest.raises(SystemExit):
         run_tool_main('export', CASCADE, 'x.pth', '--out-dir', str(tmp_path / 'o'),
                       '--calib-images', '8')
+
+
+@pytest.fixture(scope='module')
+def det_int8(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
+    """A random-weight Mask R-CNN demo model (ConvNeXt-atto) and its int8 export with the
+    verified policy, on 100 proposals (the same graph as 300), calibrated on 4 images."""
+    tmp = tmp_path_factory.mktemp('int8_det')
+    data_root = make_coco_dataset(tmp / 'data', num_train=4, num_val=1, image_size=(128, 160),
+                                  seed=3)
+    options = dict(data_root_options(Config.fromfile(DET_DEMO), data_root),
+                   **{'model.test_cfg.rpn.max_per_img': 100})
+    torch.manual_seed(0)
+    model = build_model(load_config(DET_DEMO, options)).eval()
+    torch.save({'state_dict': model.state_dict()}, tmp / 'det.pth')
+    return model, export_int8(DET_DEMO, str(tmp / 'det.pth'), tmp / 'int8', calib_images=4,
+                              cfg_options=options)
+
+
+def test_mask_rcnn_int8_export_is_qdq_runs_and_its_features_stay_close_to_fp32(det_int8):
+    """The verified policy's nodes are quantized (the RoI head's too, where the policy says
+    so); ONNX Runtime runs the graph; the feature pyramid that feeds the RPN and RoI heads
+    stays within 10 % of PyTorch's (the detections of random weights have near-equal scores,
+    too many ties to compare one by one)."""
+    model, int8 = det_int8
+    graph = onnx.load(str(int8))
+    producers = _producers(graph.graph)
+    quantized = {n.name for n in graph.graph.node if n.op_type in ('Conv', 'MatMul', 'Gemm')
+                 and producers.get(n.input[1]) is not None
+                 and producers[n.input[1]].op_type == 'DequantizeLinear'}
+    policy = verified_policy(load_config(DET_DEMO))
+    in_heads = {name.split('/')[1] for name in quantized if not name.startswith('/backbone/')}
+    assert in_heads == ({'neck', 'rpn_head', 'bbox_head', 'mask_head'} if policy.heads
+                        else set()), in_heads
+    info = json.loads((int8.parent / 'deploy.json').read_text())
+    assert info['quantization']['quantized_nodes'] == len(quantized) > 30
+    assert info['quantization']['quantize_heads'] == policy.heads
+    pyramid = [node.output[0] for node in sorted(  # level 0 (finest) first
+        (n for n in graph.graph.node
+         if n.name.startswith('/neck/fpn_convs.') and n.op_type == 'Conv'),
+        key=lambda n: int(n.name.split('/')[2].split('.')[1]))]
+    assert len(pyramid) == 4
+    graph.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name)
+                              for name in pyramid)
+    batch = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, 128, 160))
+                             .astype(np.float32))
+    feeds = {k: v.numpy() for k, v in graph_inputs('detection', batch).items()}
+    session = ort.InferenceSession(graph.SerializeToString(), providers=['CPUExecutionProvider'])
+    dets, labels, masks, *features = session.run(None, feeds)
+    assert dets.shape == (1, 100, 5) and labels.shape == (1, 100)
+    assert masks.shape == (1, 100, 28, 28) and np.isfinite(dets).all()
+    with torch.no_grad():
+        expected = model.extract_feat(batch)
+    for int8_level, fp32_level in zip(features, expected):
+        fp32_level = fp32_level.numpy()
+        relative = np.linalg.norm(int8_level - fp32_level) / np.linalg.norm(fp32_level)
+        assert relative < 0.1, relative
