@@ -61,12 +61,13 @@ def export_demo(task: str, work_dir: PathLike = 'work_dirs/demo',
     checkpoint = last_checkpoint(run_dir, task)
     config = packaged_config(spec.config)
     options = data_root_options(load_config(config), data_root) if data_root else {}
+    cfg = load_config(config, options)
     onnx_file = export_onnx(config, str(checkpoint), run_dir / 'onnx', force=True,
                             cfg_options=options)
     print_log(f'Exported {checkpoint} to {onnx_file}', logger='current')
     runs = [('pytorch', checkpoint, 'onnxruntime'), ('onnxruntime', onnx_file, 'onnxruntime'),
             ('openvino', onnx_file, 'openvino')]
-    if model_kind(load_config(config, options)) in VERIFIED_POLICIES:
+    if model_kind(cfg) in VERIFIED_POLICIES:
         int8_file = export_int8(config, str(checkpoint), run_dir / 'onnx_int8', force=True,
                                 cfg_options=options)
         print_log(f'Exported {checkpoint} to {int8_file} (int8)', logger='current')
@@ -74,13 +75,13 @@ def export_demo(task: str, work_dir: PathLike = 'work_dirs/demo',
                  ('openvino_int8', int8_file, 'openvino')]
     metrics: Dict[str, Dict[str, float]] = {}
     for name, model, runtime in runs:
-        cfg = prepare_test_cfg(config, str(model), str(run_dir / f'test_{name}'),
-                               cfg_options=options,
-                               onnx_runtime=functools.partial(use_onnx_runtime, runtime=runtime))
-        cfg.visualizer.pop('name', None)  # a visualizer of its own per runner
-        results = build_runner(cfg).test()
+        test_cfg = prepare_test_cfg(
+            config, str(model), str(run_dir / f'test_{name}'), cfg_options=options,
+            onnx_runtime=functools.partial(use_onnx_runtime, runtime=runtime))
+        test_cfg.visualizer.pop('name', None)  # a visualizer of its own per runner
+        results = build_runner(test_cfg).test()
         metrics[name] = {key: float(results[key]) for key in spec.metrics}
-    images = _val_images(load_config(config, options), NUM_INFER_IMAGES)
+    images = _val_images(cfg, NUM_INFER_IMAGES)
     run_inference(config, str(onnx_file), images, run_dir / 'onnx_infer', force=True,
                   cfg_options=options, load_onnx=load_onnx_model)
     pairs = {'difference': ('onnxruntime', 'pytorch'),

@@ -68,12 +68,18 @@ def _producers(graph) -> dict[str, onnx.NodeProto]:
     return {output: node for node in graph.node for output in node.output}
 
 
+def _weight_quantized(graph) -> list[onnx.NodeProto]:
+    """The Conv, MatMul and Gemm nodes whose weight comes out of a DequantizeLinear."""
+    producers = _producers(graph)
+    return [n for n in graph.node if n.op_type in ('Conv', 'MatMul', 'Gemm')
+            and n.input[1] in producers and producers[n.input[1]].op_type == 'DequantizeLinear']
+
+
 def test_int8_graph_is_qdq_with_per_channel_weights_and_fp32_layer_norms(exports):
     graph = onnx.load(str(exports.int8)).graph
     producers = _producers(graph)
     initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    weighted = [n for n in graph.node if n.op_type in ('Conv', 'MatMul')
-                and n.input[1] in producers and producers[n.input[1]].op_type == 'DequantizeLinear']
+    weighted = _weight_quantized(graph)
     assert len(weighted) >= 30  # every Conv and pointwise MatMul of backbone and head
     for node in weighted:
         dequantize = producers[node.input[1]]
@@ -236,10 +242,7 @@ def test_mask_rcnn_int8_export_is_qdq_runs_and_its_features_stay_close_to_fp32(d
     too many ties to compare one by one)."""
     model, int8 = det_int8
     graph = onnx.load(str(int8))
-    producers = _producers(graph.graph)
-    quantized = {n.name for n in graph.graph.node if n.op_type in ('Conv', 'MatMul', 'Gemm')
-                 and producers.get(n.input[1]) is not None
-                 and producers[n.input[1]].op_type == 'DequantizeLinear'}
+    quantized = {n.name for n in _weight_quantized(graph.graph)}
     policy = verified_policy(load_config(DET_DEMO))
     in_heads = {name.split('/')[1] for name in quantized if not name.startswith('/backbone/')}
     assert in_heads == ({'neck', 'rpn_head', 'bbox_head', 'mask_head'} if policy.heads
