@@ -16,8 +16,9 @@ from tests.conftest import REPO
 
 WORKER = """
 import json, os, sys
-print(json.dumps(dict(rank=os.environ['RANK'], world=os.environ['WORLD_SIZE'],
-                      port=os.environ['MASTER_PORT'], argv=sys.argv[1:])), flush=True)
+line = json.dumps(dict(rank=os.environ['RANK'], world=os.environ['WORLD_SIZE'],
+                       port=os.environ['MASTER_PORT'], argv=sys.argv[1:])) + '\\n'
+os.write(1, line.encode())  # one write: the two ranks share the pipe (print writes twice)
 """
 
 

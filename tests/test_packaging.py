@@ -120,9 +120,16 @@ def test_mmengine_resolves_the_scope_only_after_registration(tmp_path, monkeypat
 
 # --- the wheel ---------------------------------------------------------------------------------
 
-#: Working-tree entries a wheel build must not see (environments, outputs, caches).
-NOT_SOURCES = ('.git', '.venv', 'build', 'dist', '*.egg-info', 'work_dirs', 'data',
-               '__pycache__', '.pytest_cache', '.ruff_cache')
+def copy_sources(destination: Path) -> None:
+    """Copy the working tree's sources (what git tracks or would track: no environments,
+    outputs or caches, whatever their names) to ``destination``."""
+    listed = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'],
+                            cwd=REPO, check=True, capture_output=True, text=True).stdout
+    for name in filter(None, listed.split('\0')):
+        file = REPO / name
+        if file.is_symlink() or file.is_file():  # one deleted in the working tree is left out
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, destination / name, follow_symlinks=False)
 
 #: Runs in the subprocess: cwd outside the repository, sys.path = install + .venv packages.
 USER_SCRIPT = '''
@@ -191,7 +198,7 @@ def wheel(tmp_path_factory) -> Path:
     """The wheel, built from a copy of the working tree (no build/ left in the repository)."""
     tmp = tmp_path_factory.mktemp('wheel')
     source = tmp / 'source'
-    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(*NOT_SOURCES))
+    copy_sources(source)
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
                     '--no-index', '-q', '-w', str(tmp / 'dist'), '.'],
                    cwd=source, check=True, capture_output=True, text=True, timeout=300)
@@ -218,6 +225,15 @@ def user_run(wheel, tmp_path_factory) -> tuple[Path, dict]:
                             cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     return site.resolve(), json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_the_wheel_is_built_from_the_sources_alone(wheel):
+    """No environment, output or cache of the working tree is copied (a venv is gigabytes)."""
+    source = wheel.parent.parent / 'source'
+    files = [file for file in source.rglob('*') if file.is_file()]
+    assert not [file for file in files if file.relative_to(source).parts[0].startswith('.venv')]
+    assert sum(file.stat().st_size for file in files) < 50 * 2**20
 
 
 @pytest.mark.slow

@@ -408,6 +408,39 @@ def _refuse_misfit(cfg: Config, checkpoint: str, model_cfg: Any) -> None:
     cfg.load_from = local
 
 
+def _visualizers_alive() -> set[str]:
+    """Names of the mmengine visualizers (any subclass) this process has built."""
+    from mmengine.visualization import Visualizer
+    names: set[str] = set()
+    classes = [Visualizer]
+    while classes:
+        cls = classes.pop()
+        names.update(cls._instance_dict)
+        classes.extend(cls.__subclasses__())
+    return names
+
+
+def give_the_run_its_own_visualizer(cfg: Config) -> None:
+    """Rename ``cfg.visualizer`` when a visualizer of that name already lives in this process.
+
+    mmengine builds a visualizer with ``get_instance(name)``: a second runner of the same
+    process (the configs all say ``name='visualizer'``) would get the first run's instance and
+    write its config and scalars into the first run's folder (or fail once that folder is
+    gone). Without a name the Runner names it after the experiment (config name + the second
+    it started): named here too, so two runs in one second do not share one either.
+    """
+    visualizer = cfg.get('visualizer')
+    if not isinstance(visualizer, dict):
+        return
+    alive = _visualizers_alive()
+    name = visualizer.get('name') or f'{osp.splitext(osp.basename(cfg.filename or "run"))[0]}'
+    unique, number = name, 1
+    while unique in alive:
+        number += 1
+        unique = f'{name}_{number}'
+    visualizer['name'] = unique
+
+
 def build_runner(cfg: Config, for_training: bool = False):
     """The real mmengine Runner (or a custom ``runner_type``) for ``cfg``.
 
@@ -433,6 +466,7 @@ def build_runner(cfg: Config, for_training: bool = False):
         import torch.distributed as dist
         if not dist.is_initialized():  # mmengine's init_dist would call torch.cuda.set_device
             dist.init_process_group(backend=cfg.env_cfg.dist_cfg.get('backend', 'gloo'))
+    give_the_run_its_own_visualizer(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)

@@ -191,11 +191,7 @@ def prepare_demo_cfg(task: str, work_dir: PathLike = 'work_dirs/demo', quick: bo
     cfg = load_config(config, options)
     root = prepare_demo_data(cfg, data_root)
     options.update(data_root_options(cfg, root))
-    cfg = prepare_train_cfg(config, str(Path(work_dir) / spec.out_name), cfg_options=options)
-    # A visualizer of its own (the runner names it after the run): another runner of the same
-    # process would otherwise lend its instance, and write this run's scalars into its folder.
-    cfg.visualizer.pop('name', None)
-    return cfg
+    return prepare_train_cfg(config, str(Path(work_dir) / spec.out_name), cfg_options=options)
 
 
 class _LastValMetrics(Hook):
