@@ -11,7 +11,7 @@ import torch
 
 from convnext_dense.checkpoint.safe_loading import mmengine_safe_globals
 from convnext_dense.demo.data import make_coco_dataset
-from tests.test_tools_e2e import REPO, coco_options, run_tool
+from tests.test_tools_e2e import REPO, coco_options, fewer_rois, run_tool_here
 
 
 @pytest.mark.slow
@@ -22,7 +22,7 @@ def test_killed_training_resumes_with_its_counters_and_schedule(tmp_path):
                                   'model.roi_head.mask_head.num_classes'], augmentation='resize')
     options = [o for o in options if not o.startswith('train_cfg.max_epochs')] + [
         'train_cfg.max_epochs=2', 'train_dataloader.batch_size=1', 'model.backbone.arch=atto',
-        'model.neck.in_channels=[40,80,160,320]']
+        'model.neck.in_channels=[40,80,160,320]'] + fewer_rois(cascade=False)
     args = [sys.executable, str(REPO / 'tools' / 'train.py'),
             'configs/mask_rcnn_convnext_t_coco.py', '--work-dir', str(work_dir),
             '--cfg-options', *options]
@@ -37,8 +37,9 @@ def test_killed_training_resumes_with_its_counters_and_schedule(tmp_path):
     assert process.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
     assert not (work_dir / 'epoch_2.pth').exists()
 
-    result = run_tool('train.py', 'configs/mask_rcnn_convnext_t_coco.py', '--work-dir',
-                      str(work_dir), '--resume', '--cfg-options', *options)
+    # resumed in this process (the killed run was a command line)
+    result = run_tool_here('train.py', 'configs/mask_rcnn_convnext_t_coco.py', '--work-dir',
+                           str(work_dir), '--resume', '--cfg-options', *options)
     resumed = result.stdout + result.stderr
     assert 'resumed epoch: 1, iter: 4' in resumed
     assert 'Epoch(train) [1]' not in resumed  # it did not start again

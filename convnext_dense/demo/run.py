@@ -68,9 +68,18 @@ class DemoTask:
     quick_options: Dict[str, object] = field(default_factory=dict)
 
 
+def seg_short_schedule(iterations: int) -> Dict[str, object]:
+    """``--cfg-options`` that train a segmentation demo for ``iterations`` iterations: the
+    linear warm-up over the first two thirds, the poly decay over the rest (as the demo
+    configs' 100 of 150), one validation and one checkpoint at the end."""
+    warmup = iterations * 2 // 3
+    return {'train_cfg.max_iters': iterations, 'train_cfg.val_interval': iterations,
+            'param_scheduler.0.end': warmup, 'param_scheduler.1.begin': warmup,
+            'param_scheduler.1.end': iterations, 'default_hooks.checkpoint.interval': iterations}
+
+
 #: The segmentation demos' short schedule (``quick=True``): 150 iterations.
-SEG_QUICK_OPTIONS = {'train_cfg.max_iters': 150, 'train_cfg.val_interval': 150,
-                     'param_scheduler.1.end': 150, 'default_hooks.checkpoint.interval': 150}
+SEG_QUICK_OPTIONS = seg_short_schedule(150)
 
 TASKS: Dict[str, DemoTask] = {
     'det': DemoTask(
