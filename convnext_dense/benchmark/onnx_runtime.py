@@ -102,15 +102,22 @@ def _profiled_session(ort, onnx_file: Path, threads: int, profile_prefix: str):
     return ort.InferenceSession(str(onnx_file), options, providers=['CPUExecutionProvider'])
 
 
-def _int8_file(fp32_file: Path, out_dir: Path, inputs: dict[str, torch.Tensor]) -> Path:
-    """``fp32_file`` quantized by :data:`BENCHMARK_POLICY`, calibrated on random inputs of the
-    shape of ``inputs``."""
-    generator = np.random.default_rng(0)
-    feeds = [{name: (generator.normal(size=value.shape).astype(np.float32)
-                     if value.is_floating_point() else value.numpy())
-              for name, value in inputs.items()} for _ in range(CALIBRATION_INPUTS)]
+def random_feeds(inputs: dict[str, torch.Tensor], count: int,
+                 seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``count`` feeds of the graph: standard normal images of the shape of ``inputs``'
+    floating-point tensors, its other tensors (image shapes) as they are."""
+    generator = np.random.default_rng(seed)
+    return [{name: (generator.normal(size=value.shape).astype(np.float32)
+                    if value.is_floating_point() else value.numpy())
+             for name, value in inputs.items()} for _ in range(count)]
+
+
+def int8_file(fp32_file: Path, out_dir: Path, inputs: dict[str, torch.Tensor]) -> Path:
+    """``fp32_file`` quantized by :data:`BENCHMARK_POLICY` into ``out_dir`` (made here),
+    calibrated on :data:`CALIBRATION_INPUTS` random inputs of the shape of ``inputs``."""
     out_dir.mkdir()
-    quantize_file(fp32_file, out_dir / fp32_file.name, iter(feeds), BENCHMARK_POLICY)
+    quantize_file(fp32_file, out_dir / fp32_file.name,
+                  iter(random_feeds(inputs, CALIBRATION_INPUTS)), BENCHMARK_POLICY)
     return out_dir / fp32_file.name
 
 
@@ -136,7 +143,7 @@ def compare(config: str, shape: tuple[int, int], threads: int = 2, reps: int = 5
         torch.save({'state_dict': model.state_dict()}, checkpoint)
         files = {'fp32': export_onnx(config, str(checkpoint), Path(tmp) / 'onnx', shape=shape,
                                      cfg_options=options)}
-        files['int8'] = _int8_file(files['fp32'], Path(tmp) / 'int8', inputs)
+        files['int8'] = int8_file(files['fp32'], Path(tmp) / 'int8', inputs)
         sessions = {row_name(runtime, precision): open_runtime_session(files[precision],
                                                                        runtime, threads)
                     for runtime, precision in RUNTIME_ROWS}
@@ -257,5 +264,5 @@ def section_text(results: list[OnnxComparison], command: str, reps: int, threads
 
 
 __all__ = ['DEFAULT_PAGE', 'RUNTIME_ROWS', 'OnnxComparison', 'SECTION_END', 'SECTION_START',
-           'compare', 'markdown', 'onnx_section', 'row_name', 'section_text',
-           'with_onnx_section']
+           'compare', 'int8_file', 'markdown', 'onnx_section', 'random_feeds', 'row_name',
+           'section_text', 'with_onnx_section']
