@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from types import ModuleType
 
@@ -106,11 +107,19 @@ def load_tool(name: str) -> ModuleType:
     return module
 
 
-def run_tool_main(name: str, *args: str) -> subprocess.CompletedProcess:
-    """Run a tool's ``main`` in this process (fast), capturing what it prints."""
+def run_tool_main(name: str, *args: str, own_logger: bool = False) -> subprocess.CompletedProcess:
+    """Run a tool's ``main`` in this process (fast), capturing what it prints.
+
+    What the tool logs before its runner's logger exists goes to mmengine's current logger:
+    the test's, or an earlier run's in this process; ``own_logger=True`` makes a fresh one
+    current, writing into the captured stdout as a new process's would.
+    """
+    from mmengine.logging import MMLogger
     module = load_tool(name)
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        if own_logger:
+            MMLogger.get_instance(f'{name}_{uuid.uuid4().hex}')
         returncode = module.main(list(args))
     return subprocess.CompletedProcess(args, returncode, stdout.getvalue(), stderr.getvalue())
 

@@ -33,7 +33,7 @@ def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess:
 def run_tool_here(tool: str, *args: str) -> subprocess.CompletedProcess:
     """Run a tool's ``main`` in this process: the checks that repeat a tool many times (the
     interpreter's start and imports take ~6 s of each run; the runs above cover the CLI)."""
-    result = run_tool_main(tool.removesuffix('.py'), *args)
+    result = run_tool_main(tool.removesuffix('.py'), *args, own_logger=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 

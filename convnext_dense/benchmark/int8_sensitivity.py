@@ -33,7 +33,7 @@ import torch
 from ..apis.models import build_model
 from ..apis.runner import load_config
 from ..deploy.export import export_onnx, graph_inputs, require_onnx, task_of
-from ..deploy.quantize import nodes_to_quantize, unshare_initializers
+from ..deploy.quantize import load_for_quantization
 from .onnx_runtime import BENCHMARK_POLICY, CALIBRATION_INPUTS, int8_file, random_feeds
 
 
@@ -102,9 +102,9 @@ def compare_files(fp32_file: Path, int8_file_: Path, feeds: list[dict]) -> list[
         create_activation_matching,
         create_weight_matching,
     )
-    fp32_model = onnx.load(str(fp32_file))
-    unshare_initializers(fp32_model)  # the graph quantize_file quantized, weights by its names
-    quantized = set(nodes_to_quantize(fp32_model, BENCHMARK_POLICY))
+    # the graph quantize_file quantized, its weights by the names it gave them
+    fp32_model, quantized_names = load_for_quantization(fp32_file, BENCHMARK_POLICY)
+    quantized = set(quantized_names)
     nodes = [node for node in fp32_model.graph.node if node.name in quantized]
     op_types = sorted({node.op_type for node in nodes})
     unshared = int8_file_.with_name(int8_file_.stem + '_fp32_unshared.onnx')

@@ -78,7 +78,6 @@ def export_demo(task: str, work_dir: PathLike = 'work_dirs/demo',
         test_cfg = prepare_test_cfg(
             config, str(model), str(run_dir / f'test_{name}'), cfg_options=options,
             onnx_runtime=functools.partial(use_onnx_runtime, runtime=runtime))
-        test_cfg.visualizer.pop('name', None)  # a visualizer of its own per runner
         results = build_runner(test_cfg).test()
         metrics[name] = {key: float(results[key]) for key in spec.metrics}
     images = _val_images(cfg, NUM_INFER_IMAGES)

@@ -162,6 +162,16 @@ def unshare_initializers(model: Any) -> int:
     return len(replaced)
 
 
+def load_for_quantization(fp32_file: str | os.PathLike,
+                          policy: QuantizationPolicy) -> tuple[Any, list[str]]:
+    """``fp32_file``'s graph with its weights unshared (:func:`unshare_initializers`), and
+    the names of the nodes ``policy`` quantizes in it."""
+    onnx, _ = require_onnx()
+    model = onnx.load(str(fp32_file))
+    unshare_initializers(model)
+    return model, nodes_to_quantize(model, policy)
+
+
 def calibration_dataset_cfg(cfg: Config) -> dict:
     """The training set's dataset config with the test pipeline (without annotations)."""
     dataset = copy.deepcopy(cfg.train_dataloader.dataset)
@@ -234,16 +244,13 @@ def quantize_file(fp32_file: str | os.PathLike, int8_file: str | os.PathLike,
     Returns:
         The number of quantized nodes.
     """
-    onnx, _ = require_onnx()
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
-    model = onnx.load(str(fp32_file))
-    unshare_initializers(model)
-    nodes = nodes_to_quantize(model, policy)
+    model, nodes = load_for_quantization(fp32_file, policy)
     quantize_static(model, str(int8_file), FeedReader(feeds),
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=list(WEIGHTED_OPS),
                     nodes_to_quantize=nodes, per_channel=True,
@@ -305,5 +312,6 @@ def export_int8(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
 
 
 __all__ = ['DEFAULT_CALIB_IMAGES', 'MIN_CALIB_IMAGES', 'QuantizationPolicy', 'VERIFIED_POLICIES',
-           'calibration_count', 'export_int8', 'model_kind', 'nodes_to_quantize',
+           'calibration_count', 'export_int8', 'load_for_quantization', 'model_kind',
+           'nodes_to_quantize',
            'quantize_file', 'verified_policy']

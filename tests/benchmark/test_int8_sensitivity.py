@@ -10,7 +10,7 @@ import torch
 from convnext_dense.benchmark.int8_sensitivity import compare_files, layer_group, markdown
 from convnext_dense.benchmark.onnx_runtime import BENCHMARK_POLICY, int8_file, random_feeds
 from convnext_dense.deploy.export import graph_inputs
-from convnext_dense.deploy.quantize import nodes_to_quantize, unshare_initializers
+from convnext_dense.deploy.quantize import load_for_quantization
 from tests.conftest import REPO, run_tool_main
 from tests.deploy.random_exports import export_random_model
 
@@ -29,11 +29,8 @@ def compared(tmp_path_factory):
 
 
 def test_every_quantized_operator_has_its_three_sqnrs(compared):
-    import onnx
     _, fp32, layers = compared
-    graph = onnx.load(str(fp32))
-    unshare_initializers(graph)
-    assert [layer.node for layer in layers] == nodes_to_quantize(graph, BENCHMARK_POLICY)
+    assert [layer.node for layer in layers] == load_for_quantization(fp32, BENCHMARK_POLICY)[1]
     assert {layer.group for layer in layers} == {
         'backbone stem', 'backbone downsampling', 'backbone depthwise 7x7',
         'backbone pointwise', 'decode_head'}  # the export has no auxiliary head
