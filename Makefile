@@ -80,8 +80,10 @@ demo-export: setup
 # The suite runs on every core with pytest-xdist: whole test files per worker (their module
 # fixtures are built once), a crashed worker ends the run instead of being replaced (xdist's
 # file scheduler can wait forever after a replacement); tests/conftest.py splits torch's threads
-# between the workers. XDIST= runs it in one process (about twice as long on two cores).
-XDIST ?= -n auto --dist loadfile --max-worker-restart=0
+# between the workers and hands out the minutes-long demo tests first, each on its own (its
+# order replaces xdist's reordering). XDIST= runs it in one process (about twice as long on
+# two cores).
+XDIST ?= -n auto --dist loadfile --no-loadscope-reorder --max-worker-restart=0
 test: setup
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 from mmengine import Config
 from mmengine.config import utils as _config_utils
@@ -59,6 +60,46 @@ def _share_the_cores_between_xdist_workers() -> None:
 
 
 _share_the_cores_between_xdist_workers()
+
+
+#: Tests that take minutes each (the short demos train a model from scratch). Under
+#: pytest-xdist each is a work unit of its own and they are handed out first, so that they run
+#: side by side from the start (in their file they would run one after another on one worker).
+LONG_TESTS = ('tests/demo/test_run.py::test_short_demo_beats_the_untrained_model',)
+
+
+def _work_unit(nodeid: str) -> str:
+    """The test's file (``--dist loadfile``), or the test itself for :data:`LONG_TESTS`."""
+    return nodeid if nodeid.startswith(LONG_TESTS) else nodeid.split('::', 1)[0]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under pytest-xdist (``make test``), the order the workers hand out units in: the long
+    tests first, then the files with the most tests first (pytest-xdist's own order, which
+    ``--no-loadscope-reorder`` in the Makefile turns off to keep this one). A single process
+    keeps pytest's order."""
+    if 'PYTEST_XDIST_WORKER' not in os.environ:
+        return
+    sizes: dict[str, int] = {}
+    for item in items:
+        sizes[_work_unit(item.nodeid)] = sizes.get(_work_unit(item.nodeid), 0) + 1
+    first = {unit: index for index, unit in enumerate(sizes)}
+    items.sort(key=lambda item: (not item.nodeid.startswith(LONG_TESTS),
+                                 -sizes[_work_unit(item.nodeid)], first[_work_unit(item.nodeid)]))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the :data:`LONG_TESTS` as units of their own."""
+    if config.getvalue('dist') != 'loadfile':
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongTestsApart(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return LongTestsApart(config, log)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
