@@ -69,7 +69,7 @@ def export_demo(task: str, work_dir: PathLike = 'work_dirs/demo',
             ('openvino', onnx_file, 'openvino')]
     if model_kind(cfg) in VERIFIED_POLICIES:
         int8_file = export_int8(config, str(checkpoint), run_dir / 'onnx_int8', force=True,
-                                cfg_options=options)
+                                cfg_options=options, fp32_export=onnx_file)
         print_log(f'Exported {checkpoint} to {int8_file} (int8)', logger='current')
         runs += [('onnxruntime_int8', int8_file, 'onnxruntime'),
                  ('openvino_int8', int8_file, 'openvino')]

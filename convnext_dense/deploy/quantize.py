@@ -263,7 +263,8 @@ def export_int8(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
                 calib_images: int | None = None, shape: Sequence[int] | None = None,
                 dynamic: bool = True, opset: int = DEFAULT_OPSET, force: bool = False,
                 cfg_options: dict | None = None,
-                policy: QuantizationPolicy | None = None) -> Path:
+                policy: QuantizationPolicy | None = None,
+                fp32_export: str | os.PathLike | None = None) -> Path:
     """Export ``config``'s model with ``checkpoint``'s weights, quantized to int8.
 
     Args:
@@ -274,6 +275,9 @@ def export_int8(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
             :data:`MIN_CALIB_IMAGES`).
         policy: what to quantize; default the model type's verified policy (another model
             type is refused). Measurements pass their own.
+        fp32_export: the ``end2end.onnx`` of an fp32 export of the same config, checkpoint
+            and options, quantized instead of exporting it again (``make demo-export`` passes
+            the one it has just written); ``shape``, ``dynamic`` and ``opset`` are then its.
 
     Returns:
         The path of the quantized ``end2end.onnx``.
@@ -293,8 +297,9 @@ def export_int8(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
     count = calibration_count(calib_images, len(dataset), str(source))
     preprocessor = build_model(cfg).data_preprocessor.eval()
     with tempfile.TemporaryDirectory(prefix='int8_export_') as tmp:
-        fp32 = export_onnx(config, checkpoint, Path(tmp) / 'fp32', shape, dynamic, opset,
-                           cfg_options=cfg_options)
+        fp32 = Path(fp32_export) if fp32_export else export_onnx(
+            config, checkpoint, Path(tmp) / 'fp32', shape, dynamic, opset,
+            cfg_options=cfg_options)
         info = json.loads((fp32.parent / DEPLOY_FILE).read_text())
         with staged_output(out_dir, force, is_previous_export, 'export',
                            EXPORT_FILES) as staging:

@@ -195,6 +195,24 @@ def test_default_calibration_count_is_capped_by_the_set():
     assert calibration_count(None, 10_000, 'data/x') == 256
 
 
+def test_an_fp32_export_given_is_quantized_as_the_one_export_int8_makes(exports, tmp_path):
+    """``fp32_export`` (what ``make demo-export`` passes) skips the second fp32 export and
+    gives the same int8 graph."""
+    from convnext_dense.deploy.export import export_onnx
+    checkpoint = str(exports.int8.parent.parent / 'seg.pth')
+    fp32 = export_onnx(SEG_DEMO, checkpoint, tmp_path / 'fp32', cfg_options=exports.options)
+    int8 = export_int8(SEG_DEMO, checkpoint, tmp_path / 'int8', calib_images=4,
+                       cfg_options=exports.options, fp32_export=fp32)
+    given, made = (onnx.load(str(path)).graph for path in (int8, exports.int8))
+    assert [n.op_type for n in given.node] == [n.op_type for n in made.node]
+    made_weights = {i.name: numpy_helper.to_array(i) for i in made.initializer}
+    for initializer in given.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(initializer),
+                                      made_weights[initializer.name])
+    assert json.loads((int8.parent / 'deploy.json').read_text()) == json.loads(
+        (exports.int8.parent / 'deploy.json').read_text())
+
+
 def test_int8_of_an_unverified_model_type_is_refused_by_name(tmp_path):
     with pytest.raises(ExportError, match='--int8 is not verified for a CascadeRCNN with '
                                           'CascadeRoIHead'):
