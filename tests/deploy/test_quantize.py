@@ -41,6 +41,7 @@ from tests.conftest import run_tool_main
 REPO = Path(__file__).resolve().parents[2]
 SEG_DEMO = str(REPO / 'configs/demo/upernet_convnext_demo.py')
 DET_DEMO = str(REPO / 'configs/demo/mask_rcnn_convnext_demo.py')
+DEEPLAB_DEMO = str(REPO / 'configs/demo/deeplabv3plus_convnext_demo.py')
 CASCADE = str(REPO / 'configs/cascade_mask_rcnn_convnext_t_coco.py')
 
 
@@ -129,6 +130,28 @@ def test_int8_logits_are_close_to_fp32(exports):
     relative = np.linalg.norm(int8 - fp32) / np.linalg.norm(fp32)
     assert relative < 0.1, relative
     assert (int8.argmax(1) == fp32.argmax(1)).mean() > 0.9
+
+
+def test_deeplab_int8_quantizes_the_backbone_only_and_its_logits_stay_close(tmp_path):
+    """The verified DeepLabV3+ policy: backbone int8, the ASPP head and decoder fp32."""
+    data_root = make_ade20k_dataset(tmp_path / 'data', num_train=4, num_val=1,
+                                    image_size=(64, 96), seed=5)
+    options = data_root_options(Config.fromfile(DEEPLAB_DEMO), data_root)
+    torch.manual_seed(0)
+    model = build_model(load_config(DEEPLAB_DEMO, options))
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'deeplab.pth')
+    int8 = export_int8(DEEPLAB_DEMO, str(tmp_path / 'deeplab.pth'), tmp_path / 'int8',
+                       calib_images=4, cfg_options=options)
+    quantized = [n.name for n in _weight_quantized(onnx.load(str(int8)).graph)]
+    assert len(quantized) > 20 and all(name.startswith('/backbone/') for name in quantized)
+    assert json.loads((int8.parent / 'deploy.json').read_text())['quantization'][
+        'quantize_heads'] is False
+    batch = np.random.default_rng(0).normal(size=(1, 3, 64, 96)).astype(np.float32)
+    with torch.no_grad():
+        fp32 = export_graph(model, 'segmentation').eval()(torch.from_numpy(batch)).numpy()
+    logits = ort.InferenceSession(str(int8), providers=['CPUExecutionProvider']).run(
+        None, {'input': batch})[0]
+    assert np.linalg.norm(logits - fp32) / np.linalg.norm(fp32) < 0.1
 
 
 def _graph_of(nodes: list[onnx.NodeProto], weights: list[str]) -> onnx.ModelProto:
