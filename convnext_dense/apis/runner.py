@@ -433,7 +433,7 @@ def give_the_run_its_own_visualizer(cfg: Config) -> None:
     if not isinstance(visualizer, dict):
         return
     alive = _visualizers_alive()
-    name = visualizer.get('name') or f'{osp.splitext(osp.basename(cfg.filename or "run"))[0]}'
+    name = visualizer.get('name') or osp.splitext(osp.basename(cfg.filename or 'run'))[0]
     unique, number = name, 1
     while unique in alive:
         number += 1

@@ -21,7 +21,6 @@ accuracy is not measured here.
 from __future__ import annotations
 
 import logging
-import re
 import statistics
 import tempfile
 from dataclasses import dataclass
@@ -33,8 +32,8 @@ import torch
 from ..apis.models import build_model
 from ..apis.runner import load_config
 from ..deploy.export import export_onnx, graph_inputs, require_onnx, task_of
-from ..deploy.quantize import load_for_quantization
-from .onnx_runtime import BENCHMARK_POLICY, CALIBRATION_INPUTS, int8_file, random_feeds
+from ..deploy.quantize import is_depthwise, load_for_quantization
+from .onnx_runtime import BENCHMARK_POLICY, int8_file, random_feeds
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def layer_group(node_name: str, op_type: str, depthwise: bool) -> str:
     parts = node_name.strip('/').split('/')
     if parts[0] != 'backbone':
         return parts[0]
-    if re.fullmatch(r'downsample_layers\.0', parts[1]):
+    if parts[1] == 'downsample_layers.0':
         return 'backbone stem'
     if parts[1].startswith('downsample_layers'):
         return 'backbone downsampling'
@@ -129,7 +128,7 @@ def compare_files(fp32_file: Path, int8_file_: Path, feeds: list[dict]) -> list[
         activation, weight, output = node.input[0], node.input[1], node.output[0]
         if activation not in input_errors or weight not in weight_errors:
             continue  # not quantized after all (ONNX Runtime skips some)
-        depthwise = any(a.name == 'group' and a.i > 1 for a in node.attribute)
+        depthwise = is_depthwise(node)
         layers.append(LayerSensitivity(
             node.name, 'Conv (depthwise)' if depthwise else node.op_type,
             layer_group(node.name, node.op_type, depthwise), weight_errors[weight],
@@ -179,5 +178,5 @@ def markdown(config: str, shape: tuple[int, int], layers: list[LayerSensitivity]
     return '\n'.join(lines) + '\n'
 
 
-__all__ = ['CALIBRATION_INPUTS', 'LayerSensitivity', 'compare_files', 'layer_group', 'markdown',
+__all__ = ['LayerSensitivity', 'compare_files', 'layer_group', 'markdown',
            'measure']

@@ -115,7 +115,8 @@ def _weight_is_initializer(node: Any, initializers: set[str]) -> bool:
     return len(node.input) > 1 and node.input[1] in initializers
 
 
-def _is_depthwise(node: Any) -> bool:
+def is_depthwise(node: Any) -> bool:
+    """A ``Conv`` node with groups (the backbone's depthwise 7x7 convolutions)."""
     return node.op_type == 'Conv' and any(a.name == 'group' and a.i > 1 for a in node.attribute)
 
 
@@ -132,7 +133,7 @@ def nodes_to_quantize(model: Any, policy: QuantizationPolicy) -> list[str]:
     for node in model.graph.node:
         if node.op_type not in WEIGHTED_OPS or not _weight_is_initializer(node, initializers):
             continue
-        if _is_depthwise(node) and not policy.depthwise:
+        if is_depthwise(node) and not policy.depthwise:
             continue
         if not _in_backbone(node) and not policy.heads:
             continue
@@ -321,6 +322,5 @@ def export_int8(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
 
 
 __all__ = ['DEFAULT_CALIB_IMAGES', 'MIN_CALIB_IMAGES', 'QuantizationPolicy', 'VERIFIED_POLICIES',
-           'calibration_count', 'export_int8', 'load_for_quantization', 'model_kind',
-           'nodes_to_quantize',
-           'quantize_file', 'verified_policy']
+           'calibration_count', 'export_int8', 'is_depthwise', 'load_for_quantization',
+           'model_kind', 'nodes_to_quantize', 'quantize_file', 'verified_policy']
