@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import sys
+import sysconfig
 import tarfile
 from pathlib import Path
 
@@ -195,6 +196,7 @@ def test_build_wheel_of_the_fork_from_its_sdist(installer, monkeypatch, tmp_path
     named after the fork is what lands in the cache."""
     sdist = _fake_sdist(tmp_path, name, 'onedl_mmcv-2.3.6')
     monkeypatch.setattr(installer, 'torch_needs_cxx20', lambda: True)
+    monkeypatch.delenv('CFLAGS', raising=False)
     seen = {}
 
     def fake_pip(cmd, **kw):
@@ -209,6 +211,14 @@ def test_build_wheel_of_the_fork_from_its_sdist(installer, monkeypatch, tmp_path
     assert wheel.read_bytes() == b'wheel'
     assert seen['setup.py'] == "flags = ['-std=c++20', '-O3']\n"
     assert seen['env']['MMCV_WITH_OPS'] == '1'
+    # Python's own flags (optimisation, NDEBUG), without debug info
+    python_flags = sysconfig.get_config_var('CFLAGS').split()
+    assert seen['env']['CFLAGS'].split() == python_flags + ['-g0']
+
+
+def test_build_flags_keep_the_users_cflags(installer, monkeypatch):
+    monkeypatch.setenv('CFLAGS', '-O2 -march=native')
+    assert installer.cflags_without_debug_info() == '-O2 -march=native -g0'
 
 
 def test_build_wheel_refuses_the_other_distributions_sdist(installer, tmp_path):

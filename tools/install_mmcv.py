@@ -33,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 from pathlib import Path
@@ -217,6 +218,18 @@ def patch_cxx_standard(src_dir: Path) -> None:
         log('patched setup.py: -std=c++14/17 -> -std=c++20')
 
 
+def cflags_without_debug_info() -> str:
+    """The C/C++ flags for the build: Python's own (or ``$CFLAGS``) with ``-g0`` last.
+
+    Python's flags have ``-g``: debug info for every torch header a source file includes
+    makes the CPU build 1.5x slower (mmcv 2.1.0 on 2 cores: 12.6 min with it, 8.x without)
+    and the wheel bigger. ``$CFLAGS`` replaces Python's flags in setuptools, so they are
+    passed on whole (``-O3``, ``-DNDEBUG`` ...), not ``-g0`` alone.
+    """
+    base = os.environ.get('CFLAGS', sysconfig.get_config_var('CFLAGS') or '')
+    return f'{base} -g0'.strip()
+
+
 def is_sdist_of(path: Path, dist: str, version: str) -> bool:
     """Whether ``path`` is named as the sdist of ``dist`` ``version`` (either spelling)."""
     name = path.name.replace('-', '_')
@@ -249,7 +262,7 @@ def build_wheel(mmcv_version: str, out_dir: Path, sdist: Path | None = None,
         src_dir = next((tmp_path / 'src').iterdir())
         if torch_needs_cxx20():
             patch_cxx_standard(src_dir)
-        env = dict(os.environ, MMCV_WITH_OPS='1',
+        env = dict(os.environ, MMCV_WITH_OPS='1', CFLAGS=cflags_without_debug_info(),
                    MAX_JOBS=os.environ.get('MAX_JOBS', str(os.cpu_count() or 2)))
         if with_cuda:
             env['FORCE_CUDA'] = '1'
