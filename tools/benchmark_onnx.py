@@ -1,6 +1,6 @@
 """ONNX Runtime and OpenVINO, fp32 and int8, against PyTorch eager on this CPU: UperNet-T at
-512x512, Mask R-CNN-T at 800x1344 (the padded 800x1333 test scale), same threads, interleaved
-rounds, one process; Markdown tables.
+512x512, Mask R-CNN-T and DINO-T at 800x1344 (the padded 800x1333 test scale), same threads,
+interleaved rounds, one process; Markdown tables.
 
 Written as a section of work_dirs/benchmark/benchmarks.md, or of the page --out names.
 
@@ -24,7 +24,8 @@ from convnext_dense.benchmark.onnx_runtime import (
 from convnext_dense.utils import atomic_file
 
 CASES = {'upernet': ('configs/upernet_convnext_t_ade20k_512.py', (512, 512)),
-         'mask_rcnn': ('configs/mask_rcnn_convnext_t_coco.py', (800, 1344))}
+         'mask_rcnn': ('configs/mask_rcnn_convnext_t_coco.py', (800, 1344)),
+         'dino': ('configs/dino_4scale_convnext_t_coco.py', (800, 1344))}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

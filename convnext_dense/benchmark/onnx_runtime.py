@@ -4,7 +4,8 @@ Every side runs the graph of :mod:`convnext_dense.deploy` (the segmentors up to 
 head's logits; the detectors with NMS, boxes and masks): PyTorch eager runs the module that was
 exported; ONNX Runtime and OpenVINO (:mod:`convnext_dense.deploy.sessions`) run the fp32 file
 and its int8 quantization (:mod:`convnext_dense.deploy.quantize`: QDQ, per-channel weights,
-every weighted operator, calibrated on four random inputs: the weights are random too), with
+the operators ``tools/export.py --int8`` quantizes for the model type, every weighted operator
+for a type it refuses; calibrated on four random inputs: the weights are random too), with
 the same number of threads, in interleaved rounds (one round runs each runtime once), one
 process; the timed sessions run without a profiler. Separate ONNX Runtime sessions with the
 profiler, run after the timing, say where the fp32 and the int8 time goes, by operator type.
@@ -19,6 +20,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,16 +28,33 @@ import torch
 from ..apis.models import build_model
 from ..apis.runner import load_config
 from ..deploy.export import export_graph, export_onnx, graph_inputs, require_onnx, task_of
-from ..deploy.quantize import QuantizationPolicy, quantize_file
+from ..deploy.quantize import VERIFIED_POLICIES, QuantizationPolicy, model_kind, quantize_file
 from ..deploy.sessions import open_runtime_session, require_openvino
 
 #: the timed exports: (runtime, precision)
 RUNTIME_ROWS = (('onnxruntime', 'fp32'), ('onnxruntime', 'int8'), ('openvino', 'fp32'),
                 ('openvino', 'int8'))
-#: what the benchmark's int8 file quantizes (the verified policy of UperNet: everything
-#: weighted), and on how many random inputs it is calibrated
+#: what the benchmark's int8 file quantizes for a model type ``--int8`` refuses (every
+#: weighted operator), and on how many random inputs each int8 file is calibrated
 BENCHMARK_POLICY = QuantizationPolicy(depthwise=True, heads=True)
 CALIBRATION_INPUTS = 4
+
+
+def describe_policy(policy: QuantizationPolicy) -> str:
+    """What ``policy`` quantizes, in words for the benchmark table."""
+    text = 'every weighted operator' if policy.heads else 'the backbone (heads fp32)'
+    return text if policy.depthwise else text + ', depthwise convolutions fp32'
+
+
+def benchmark_policy(cfg: Any) -> tuple[QuantizationPolicy, str]:
+    """The policy ``tools/export.py --int8`` uses for ``cfg``'s model type, or
+    :data:`BENCHMARK_POLICY` where ``--int8`` refuses the type; with its description."""
+    kind = model_kind(cfg)
+    if kind in VERIFIED_POLICIES:
+        policy = VERIFIED_POLICIES[kind]
+        return policy, f'{describe_policy(policy)}: `--int8`'
+    return BENCHMARK_POLICY, (f'{describe_policy(BENCHMARK_POLICY)}: not `--int8` (refused '
+                              'for this model type, its int8 accuracy unmeasured)')
 
 
 def row_name(runtime: str, precision: str) -> str:
@@ -53,6 +72,7 @@ class OnnxComparison:
         op_share: ``'onnxruntime fp32'``/``'onnxruntime int8'`` to {operator type: share of
             the kernel time}.
         file_bytes: ``'fp32'``/``'int8'`` to the size of ``end2end.onnx``.
+        int8_quantizes: what the int8 file quantizes (:func:`benchmark_policy`).
     """
 
     config: str
@@ -62,6 +82,7 @@ class OnnxComparison:
     seconds: dict[str, float] = field(default_factory=dict)
     op_share: dict[str, dict[str, float]] = field(default_factory=dict)
     file_bytes: dict[str, int] = field(default_factory=dict)
+    int8_quantizes: str = ''
 
     @property
     def ort_seconds(self) -> float:
@@ -112,12 +133,13 @@ def random_feeds(inputs: dict[str, torch.Tensor], count: int,
              for name, value in inputs.items()} for _ in range(count)]
 
 
-def int8_file(fp32_file: Path, out_dir: Path, inputs: dict[str, torch.Tensor]) -> Path:
-    """``fp32_file`` quantized by :data:`BENCHMARK_POLICY` into ``out_dir`` (made here),
-    calibrated on :data:`CALIBRATION_INPUTS` random inputs of the shape of ``inputs``."""
+def int8_file(fp32_file: Path, out_dir: Path, inputs: dict[str, torch.Tensor],
+              policy: QuantizationPolicy = BENCHMARK_POLICY) -> Path:
+    """``fp32_file`` quantized by ``policy`` into ``out_dir`` (made here), calibrated on
+    :data:`CALIBRATION_INPUTS` random inputs of the shape of ``inputs``."""
     out_dir.mkdir()
     quantize_file(fp32_file, out_dir / fp32_file.name,
-                  iter(random_feeds(inputs, CALIBRATION_INPUTS)), BENCHMARK_POLICY)
+                  iter(random_feeds(inputs, CALIBRATION_INPUTS)), policy)
     return out_dir / fp32_file.name
 
 
@@ -143,7 +165,8 @@ def compare(config: str, shape: tuple[int, int], threads: int = 2, reps: int = 5
         torch.save({'state_dict': model.state_dict()}, checkpoint)
         files = {'fp32': export_onnx(config, str(checkpoint), Path(tmp) / 'onnx', shape=shape,
                                      cfg_options=options)}
-        files['int8'] = int8_file(files['fp32'], Path(tmp) / 'int8', inputs)
+        policy, quantizes = benchmark_policy(cfg)
+        files['int8'] = int8_file(files['fp32'], Path(tmp) / 'int8', inputs, policy)
         sessions = {row_name(runtime, precision): open_runtime_session(files[precision],
                                                                        runtime, threads)
                     for runtime, precision in RUNTIME_ROWS}
@@ -180,7 +203,7 @@ def compare(config: str, shape: tuple[int, int], threads: int = 2, reps: int = 5
         sizes = {precision: path.stat().st_size for precision, path in files.items()}
     return OnnxComparison(config, tuple(shape), threads, statistics.median(torch_times),
                           {name: statistics.median(values) for name, values in times.items()},
-                          shares, sizes)
+                          shares, sizes, quantizes)
 
 
 def _ops(shares: dict[str, float]) -> str:
@@ -194,8 +217,9 @@ def markdown(results: list[OnnxComparison]) -> str:
     titles = [n.replace('onnxruntime', 'ONNX Runtime').replace('openvino', 'OpenVINO')
               for n in names]
     lines = ['| config | input | threads | PyTorch eager | ' + ' | '.join(titles)
-             + ' | best fp32 / eager | ORT int8 speed-up over ORT fp32 | int8 file / fp32 |',
-             '|---|---|---|---|' + '---|' * len(names) + '---|---|---|']
+             + ' | best fp32 / eager | ORT int8 speed-up over ORT fp32 | int8 file / fp32 '
+             '| int8 quantizes |',
+             '|---|---|---|---|' + '---|' * len(names) + '---|---|---|---|']
     for r in results:
         cells = ' | '.join(f'{r.seconds[n] * 1e3:.0f} ms' if n in r.seconds else '-'
                            for n in names)
@@ -203,7 +227,8 @@ def markdown(results: list[OnnxComparison]) -> str:
         lines.append(f'| `{Path(r.config).name}` | {r.shape[0]}x{r.shape[1]} | {r.threads} | '
                      f'{r.torch_seconds * 1e3:.0f} ms | {cells} | {r.speedup(best):.2f}x '
                      f'({best.split()[0]}) | {r.int8_over_fp32:.2f}x | '
-                     f'{r.file_bytes["int8"] / r.file_bytes["fp32"]:.2f} |')
+                     f'{r.file_bytes["int8"] / r.file_bytes["fp32"]:.2f} | '
+                     f'{r.int8_quantizes} |')
     lines += ['', '| config | ONNX Runtime fp32 time by operator | ONNX Runtime int8 time by '
               'operator |', '|---|---|---|']
     for r in results:
@@ -248,8 +273,10 @@ def section_text(results: list[OnnxComparison], command: str, reps: int, threads
         'the exported module, ONNX Runtime (CPU provider) and OpenVINO (CPU plugin, fp32 '
         'inference precision) the file, the same computation (the segmentors to their decode '
         "head's logits, the detectors with their post-processing); int8: the file quantized "
-        'as `tools/export.py --int8` does (QDQ, per-channel int8 weights, uint8 activations, '
-        f'every weighted operator), calibrated on {CALIBRATION_INPUTS} random inputs. Batch 1, '
+        'as `tools/export.py --int8` does (QDQ, per-channel int8 weights, uint8 activations; '
+        'the operators of column *int8 quantizes*: `--int8`\'s choice for the model type, '
+        f'every weighted operator where it refuses the type), calibrated on '
+        f'{CALIBRATION_INPUTS} random inputs. Batch 1, '
         f'median of {reps} interleaved rounds (each round runs every runtime once) after one '
         f'warm-up, {threads} threads each, the timed sessions without a profiler; torch '
         f'{torch.__version__}, onnxruntime {ort.__version__}, openvino '
@@ -264,5 +291,5 @@ def section_text(results: list[OnnxComparison], command: str, reps: int, threads
 
 
 __all__ = ['DEFAULT_PAGE', 'RUNTIME_ROWS', 'OnnxComparison', 'SECTION_END', 'SECTION_START',
-           'compare', 'int8_file', 'markdown', 'onnx_section', 'random_feeds', 'row_name',
-           'section_text', 'with_onnx_section']
+           'benchmark_policy', 'compare', 'describe_policy', 'int8_file', 'markdown',
+           'onnx_section', 'random_feeds', 'row_name', 'section_text', 'with_onnx_section']

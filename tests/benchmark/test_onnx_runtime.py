@@ -13,6 +13,7 @@ from convnext_dense.benchmark.onnx_runtime import (
     SECTION_END,
     SECTION_START,
     OnnxComparison,
+    benchmark_policy,
     compare,
     markdown,
     onnx_section,
@@ -39,14 +40,27 @@ def comparison() -> OnnxComparison:
                  'openvino int8': 0.5},
         op_share={'onnxruntime fp32': {'Conv': 0.8, 'MatMul': 0.1},
                   'onnxruntime int8': {'QLinearConv': 0.6}},
-        file_bytes={'fp32': 100, 'int8': 26})
+        file_bytes={'fp32': 100, 'int8': 26}, int8_quantizes='the backbone (heads fp32)')
 
 
 def test_markdown_rows_have_the_ratios_and_operator_shares():
     lines = markdown([comparison()]).splitlines()
     assert lines[2] == ('| `x.py` | 512x512 | 2 | 2400 ms | 2000 ms | 800 ms | 1600 ms | '
-                        '500 ms | 1.50x (openvino) | 2.50x | 0.26 |')
+                        '500 ms | 1.50x (openvino) | 2.50x | 0.26 | the backbone (heads fp32) |')
     assert lines[-1] == '| `x.py` | Conv 80%, MatMul 10% | QLinearConv 60% |'
+
+
+@pytest.mark.parametrize('config, depthwise, heads, quantizes', [
+    ('upernet_convnext_t_ade20k_512.py', True, True, 'every weighted operator: `--int8`'),
+    ('mask_rcnn_convnext_t_coco.py', True, False, 'the backbone (heads fp32): `--int8`'),
+    # --int8 refuses DINO: every weighted operator, said not to be --int8's
+    ('dino_4scale_convnext_t_coco.py', True, True, 'every weighted operator: not `--int8`'),
+])
+def test_int8_rows_quantize_what_int8_export_quantizes(config, depthwise, heads, quantizes):
+    from convnext_dense.apis.runner import load_config
+    policy, description = benchmark_policy(load_config(str(REPO / 'configs' / config)))
+    assert (policy.depthwise, policy.heads) == (depthwise, heads)
+    assert description.startswith(quantizes)
 
 
 def test_the_timed_session_runs_without_the_profiler(monkeypatch):
