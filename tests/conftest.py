@@ -140,6 +140,27 @@ def load_packaged_config(tmp_path, base: str) -> Config:
 REPO = Path(__file__).resolve().parents[1]
 
 
+def narrow_options(cfg: Config) -> dict:
+    """The config's depths and heads with a backbone of 1/4 of its widths (CI time)."""
+    from convnext_dense.arch import ARCH_SETTINGS
+    arch = ARCH_SETTINGS[cfg.model.backbone.arch]
+    dims = [d // 4 for d in arch['dims']]
+    options = {'model.backbone.arch': None, 'model.backbone.depths': list(arch['depths']),
+               'model.backbone.dims': dims, 'model.backbone.init_cfg': None}
+    if 'neck' in cfg.model:
+        out_indices = cfg.model.backbone.get('out_indices', range(len(dims)))
+        options['model.neck.in_channels'] = [dims[i] for i in out_indices]
+    for name in ('decode_head', 'auxiliary_head'):  # the stages each head reads
+        head = cfg.model.get(name)
+        if head is not None and 'neck' not in cfg.model:
+            stages = head.get('in_index', list(range(len(dims))))  # Mask2Former: all
+            options[f'model.{name}.in_channels'] = (
+                [dims[i] for i in stages] if isinstance(stages, (list, tuple)) else dims[stages])
+        if head is not None and head.get('c1_in_channels'):  # DeepLabV3+'s shortcut: stage 0
+            options[f'model.{name}.c1_in_channels'] = dims[0]
+    return options
+
+
 def load_tool(name: str) -> ModuleType:
     """Import ``tools/<name>.py`` as a module (the tools are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(name, REPO / 'tools' / f'{name}.py')

@@ -1,6 +1,6 @@
 """Opt-in fixes to mmengine 0.10 on this stack, turned on by one switch.
 
-``import convnext_dense`` only registers modules. Two problems of mmengine 0.10
+``import convnext_dense`` only registers modules. Three problems of mmengine 0.10
 with current torch need a change to mmengine's (or torch's) global behaviour,
 so they are switched on explicitly, by :func:`enable_runtime_fixes`:
 
@@ -14,6 +14,12 @@ so they are switched on explicitly, by :func:`enable_runtime_fixes`:
    ``--resume`` then picks. With the fix, checkpoints saved to local paths are
    written to a temporary file and renamed into place. Only checkpoints: other
    writes of mmengine's file backends are untouched.
+3. **The config formatted once, not at every use**: mmengine formats the whole config
+   with yapf (about a second for a detector's config on this CPU) each time it logs it,
+   dumps it (work dir, visualizer) and saves a checkpoint (its ``meta``), so a run paid
+   several seconds for the same text. With the fix, yapf's ``FormatCode`` remembers its
+   last results for mmengine's style: the same text in, the same formatted text out,
+   without formatting it again (:func:`memoize_config_formatting`).
 
 The project's ``tools/`` turn the switch on. With mmdet's or mmseg's own
 ``tools/train.py``, turn it on from the config::
@@ -27,7 +33,7 @@ One more fix is applied by ``import convnext_dense`` itself, because it must be 
 before a config is read (mmengine resolves ``_base_`` before a config's ``custom_imports``
 run) and it only turns an error into the intended result:
 
-3. **Config scopes of the maintained forks** (:func:`fix_config_scope_packages`):
+4. **Config scopes of the maintained forks** (:func:`fix_config_scope_packages`):
    mmengine's ``MODULE2PACKAGE`` maps the scope ``mmseg`` to the distribution
    ``mmsegmentation``; onedl-mmengine keeps that entry, but the fork's distribution is
    ``onedl-mmsegmentation``, so every ``mmseg::`` base fails with "mmsegmentation is not
@@ -38,6 +44,7 @@ run) and it only turns an error into the intended result:
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import os
@@ -96,6 +103,53 @@ def make_checkpoint_saves_atomic() -> None:
             module.save_checkpoint = wrapped
 
 
+_MEMO_MARK = '_convnext_dense_memoized'
+#: how many formatted configs are remembered (a run formats one or two: the config and, for
+#: the demo and tests, an untrained or second run's)
+FORMATTED_CONFIGS_KEPT = 8
+
+
+def memoized_format_code(original: Callable[..., tuple[str, bool]]
+                         ) -> Callable[..., tuple[str, bool]]:
+    """Wrap yapf's ``FormatCode``: a call with only the code and a style dict (how mmengine
+    calls it) returns the remembered result for the same code and style; any other call
+    goes to yapf as it is."""
+
+    @functools.lru_cache(maxsize=FORMATTED_CONFIGS_KEPT)
+    def format_once(code: str, style: tuple) -> tuple[str, bool]:
+        return original(code, style_config=dict(style))
+
+    def FormatCode(unformatted_source, *args, **kwargs):  # noqa: N802 (yapf's name)
+        style = kwargs.get('style_config')
+        if not args and set(kwargs) == {'style_config'} and isinstance(style, dict):
+            try:
+                return format_once(unformatted_source, tuple(sorted(style.items())))
+            except TypeError:  # a style value that cannot be a key: not remembered
+                pass
+        return original(unformatted_source, *args, **kwargs)
+
+    FormatCode.__doc__ = original.__doc__
+    FormatCode.__wrapped__ = original
+    FormatCode.cache_info = format_once.cache_info
+    setattr(FormatCode, _MEMO_MARK, True)
+    return FormatCode
+
+
+def memoize_config_formatting() -> None:
+    """Bind the remembering ``FormatCode`` where mmengine looks it up (idempotent): yapf's
+    module (onedl-mmengine imports it from there at each call) and mmengine's config module
+    (mmengine 0.10.7 binds it at import)."""
+    import mmengine.config.config as config_module
+    from yapf.yapflib import yapf_api
+    original = yapf_api.FormatCode
+    if getattr(original, _MEMO_MARK, False):
+        return
+    wrapped = memoized_format_code(original)
+    yapf_api.FormatCode = wrapped
+    if getattr(config_module, 'FormatCode', None) is original:
+        config_module.FormatCode = wrapped
+
+
 #: the config scopes (modules) of the toolboxes whose ``MODULE2PACKAGE`` entry is checked
 TOOLBOX_SCOPES = ('mmdet', 'mmseg')
 
@@ -137,14 +191,21 @@ def runtime_fixes_enabled() -> dict[str, bool]:
     return dict(
         safe_mmengine_checkpoints=all(id(g[0] if isinstance(g, tuple) else g) in allowed
                                       for g in mmengine_safe_globals()),
-        atomic_checkpoints=getattr(ckpt.save_checkpoint, _MARK, False))
+        atomic_checkpoints=getattr(ckpt.save_checkpoint, _MARK, False),
+        config_formatted_once=getattr(_yapf_format_code(), _MEMO_MARK, False))
+
+
+def _yapf_format_code() -> Callable[..., Any]:
+    from yapf.yapflib import yapf_api
+    return yapf_api.FormatCode
 
 
 def enable_runtime_fixes() -> None:
-    """Turn on both fixes of this module for the whole process (idempotent)."""
+    """Turn on the three switched fixes of this module for the whole process (idempotent)."""
     allow_mmengine_checkpoints()
     make_checkpoint_saves_atomic()
+    memoize_config_formatting()
 
 
 __all__ = ['enable_runtime_fixes', 'fix_config_scope_packages', 'make_checkpoint_saves_atomic',
-           'runtime_fixes_enabled']
+           'memoize_config_formatting', 'runtime_fixes_enabled']

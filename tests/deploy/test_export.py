@@ -25,33 +25,13 @@ from convnext_dense.deploy.export import (
     graph_inputs,
     task_of,
 )
+from tests.conftest import narrow_options
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def session(onnx_file: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(onnx_file), providers=['CPUExecutionProvider'])
-
-
-def narrow_options(cfg: Config) -> dict:
-    """The config's depths and heads with a backbone of 1/4 of its widths (CI time)."""
-    from convnext_dense.arch import ARCH_SETTINGS
-    arch = ARCH_SETTINGS[cfg.model.backbone.arch]
-    dims = [d // 4 for d in arch['dims']]
-    options = {'model.backbone.arch': None, 'model.backbone.depths': list(arch['depths']),
-               'model.backbone.dims': dims, 'model.backbone.init_cfg': None}
-    if 'neck' in cfg.model:
-        out_indices = cfg.model.backbone.get('out_indices', range(len(dims)))
-        options['model.neck.in_channels'] = [dims[i] for i in out_indices]
-    for name in ('decode_head', 'auxiliary_head'):  # the stages each head reads
-        head = cfg.model.get(name)
-        if head is not None and 'neck' not in cfg.model:
-            stages = head.get('in_index', list(range(len(dims))))  # Mask2Former: all
-            options[f'model.{name}.in_channels'] = (
-                [dims[i] for i in stages] if isinstance(stages, (list, tuple)) else dims[stages])
-        if head is not None and head.get('c1_in_channels'):  # DeepLabV3+'s shortcut: stage 0
-            options[f'model.{name}.c1_in_channels'] = dims[0]
-    return options
 
 
 CONFIGS = sorted(p.name for p in (REPO / 'configs').glob('*.py'))

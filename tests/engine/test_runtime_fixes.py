@@ -48,7 +48,8 @@ def test_plain_import_changes_nothing_in_mmengine_or_torch():
     assert state['safe_globals_added'] == []
     assert state['local_put_is_mmengines']
     assert state['save_checkpoint_modules'] == ['mmengine.runner.checkpoint']
-    assert state['enabled'] == dict(safe_mmengine_checkpoints=False, atomic_checkpoints=False)
+    assert state['enabled'] == dict(safe_mmengine_checkpoints=False, atomic_checkpoints=False,
+                                    config_formatted_once=False)
 
 
 @pytest.mark.parametrize('switch', ['import convnext_dense.enable_fixes',
@@ -56,10 +57,47 @@ def test_plain_import_changes_nothing_in_mmengine_or_torch():
                                     ' convnext_dense.enable_runtime_fixes()'])
 def test_the_switch_turns_on_both_fixes_and_only_for_checkpoints(switch):
     state = probe(switch)
-    assert state['enabled'] == dict(safe_mmengine_checkpoints=True, atomic_checkpoints=True)
+    assert state['enabled'] == dict(safe_mmengine_checkpoints=True, atomic_checkpoints=True,
+                                    config_formatted_once=True)
     assert any('HistoryBuffer' in g for g in state['safe_globals_added'])
     assert state['local_put_is_mmengines']  # other writes of mmengine are untouched
     assert state['save_checkpoint_modules'] == ['convnext_dense.engine.runtime_fixes']
+
+
+def test_config_text_is_formatted_once_and_as_yapf_formats_it(monkeypatch):
+    """With the fix, mmengine's pretty_text is yapf's text, and the same config's text again
+    (log, dumps, checkpoint meta) is not formatted again."""
+    import mmengine.config.config as config_module
+    from mmengine import Config
+    from yapf.yapflib import yapf_api
+
+    from convnext_dense.engine import runtime_fixes
+    monkeypatch.setattr(yapf_api, 'FormatCode', yapf_api.FormatCode)  # undone after the test
+    monkeypatch.setattr(config_module, 'FormatCode', getattr(config_module, 'FormatCode', None),
+                        raising=False)
+    cfg = Config(dict(model=dict(type='ConvNeXt', depths=[3, 3, 9, 3], layer_scale=1e-6),
+                      steps=[dict(name=f'step{i}', lr=0.1 * i) for i in range(20)]))
+    expected = cfg.pretty_text
+    calls = []
+    original = yapf_api.FormatCode
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(yapf_api, 'FormatCode', counting)
+    if getattr(config_module, 'FormatCode', None) is original:
+        monkeypatch.setattr(config_module, 'FormatCode', counting)
+    runtime_fixes.memoize_config_formatting()
+    runtime_fixes.memoize_config_formatting()  # idempotent: wrapped once
+    assert runtime_fixes.runtime_fixes_enabled()['config_formatted_once']
+    assert [cfg.pretty_text for _ in range(3)] == [expected] * 3
+    assert len(calls) == 1
+    cfg.steps[0].lr = 5.0  # another text: formatted
+    assert cfg.pretty_text != expected and len(calls) == 2
+    # other callers of yapf pass through untouched
+    assert yapf_api.FormatCode('x = [1,2]\n', style_config='pep8')[0] == 'x = [1, 2]\n'
+    assert len(calls) == 3
 
 
 def test_checkpoints_are_written_atomically_with_the_fixes_on(tmp_path, monkeypatch):
