@@ -32,12 +32,11 @@ $(STAMP): setup.cfg pyproject.toml tools/install_mmcv.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch + torchvision as pip resolves them (install a CUDA torch first to keep it).
-	# --no-compile: pip would byte-compile all ~17000 modules (~40 s on one core); Python
-	# compiles the ones a run imports, once, when it first imports them.
-	$(PY) -m pip install -q --no-compile torch torchvision "setuptools>=77,<81" wheel ninja \
-		"$(MMENGINE_REQ)"
+	# pip byte-compiles what it installs: with PYTHONDONTWRITEBYTECODE set (as on the CI
+	# machines) Python would otherwise compile every import from source, in every process.
+	$(PY) -m pip install -q torch torchvision "setuptools>=77,<81" wheel ninja "$(MMENGINE_REQ)"
 	$(PY) tools/install_mmcv.py --dist $(MMCV_DIST)
-	$(PY) -m pip install -q --no-compile --no-build-isolation -e ".[all,$(STACK)]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[all,$(STACK)]"
 	# mmpretrain (tests compare checkpoints with its real ConvNeXt) goes into an overlay
 	# folder, never into site-packages: mmdet imports it whenever it is importable, and it
 	# breaks next to transformers 5. Only the runtime deps .venv lacks are added there: the
