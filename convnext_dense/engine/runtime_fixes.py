@@ -185,6 +185,7 @@ def runtime_fixes_enabled() -> dict[str, bool]:
     """Which fixes are on in this process (for logs and tests)."""
     import mmengine.runner.checkpoint as ckpt
     from torch.serialization import get_safe_globals
+    from yapf.yapflib import yapf_api
 
     from ..checkpoint.safe_loading import mmengine_safe_globals
     allowed = {id(g[0] if isinstance(g, tuple) else g) for g in get_safe_globals()}
@@ -192,12 +193,7 @@ def runtime_fixes_enabled() -> dict[str, bool]:
         safe_mmengine_checkpoints=all(id(g[0] if isinstance(g, tuple) else g) in allowed
                                       for g in mmengine_safe_globals()),
         atomic_checkpoints=getattr(ckpt.save_checkpoint, _MARK, False),
-        config_formatted_once=getattr(_yapf_format_code(), _MEMO_MARK, False))
-
-
-def _yapf_format_code() -> Callable[..., Any]:
-    from yapf.yapflib import yapf_api
-    return yapf_api.FormatCode
+        config_formatted_once=getattr(yapf_api.FormatCode, _MEMO_MARK, False))
 
 
 def enable_runtime_fixes() -> None:

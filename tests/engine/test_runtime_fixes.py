@@ -55,7 +55,7 @@ def test_plain_import_changes_nothing_in_mmengine_or_torch():
 @pytest.mark.parametrize('switch', ['import convnext_dense.enable_fixes',
                                     'import convnext_dense; convnext_dense.enable_runtime_fixes();'
                                     ' convnext_dense.enable_runtime_fixes()'])
-def test_the_switch_turns_on_both_fixes_and_only_for_checkpoints(switch):
+def test_the_switch_turns_on_its_three_fixes_and_only_for_checkpoints(switch):
     state = probe(switch)
     assert state['enabled'] == dict(safe_mmengine_checkpoints=True, atomic_checkpoints=True,
                                     config_formatted_once=True)
