@@ -36,13 +36,14 @@ RUNTIME_ROWS = (('onnxruntime', 'fp32'), ('onnxruntime', 'int8'), ('openvino', '
                 ('openvino', 'int8'))
 #: what the benchmark's int8 file quantizes for a model type ``--int8`` refuses (every
 #: weighted operator), and on how many random inputs each int8 file is calibrated
-BENCHMARK_POLICY = QuantizationPolicy(depthwise=True, heads=True)
+BENCHMARK_POLICY = QuantizationPolicy(depthwise=True)
 CALIBRATION_INPUTS = 4
 
 
 def describe_policy(policy: QuantizationPolicy) -> str:
     """What ``policy`` quantizes, in words for the benchmark table."""
-    text = 'every weighted operator' if policy.heads else 'the backbone (heads fp32)'
+    text = ('every weighted operator' if policy.modules is None
+            else f'{" + ".join(policy.modules)} (the rest fp32)')
     return text if policy.depthwise else text + ', depthwise convolutions fp32'
 
 

@@ -14,9 +14,10 @@ with ``onnxruntime.quantization.quantize_static``:
   mask pasting);
 - which of those are quantized follows a policy per model type (:data:`VERIFIED_POLICIES`),
   chosen by measuring the demo models' metrics (docs/deployment.md has the numbers): UperNet
-  quantizes everything, Mask R-CNN and DeepLabV3+ their backbone only (their heads in int8 put
-  OpenVINO's metrics too far from ONNX Runtime's). A model type whose int8 accuracy has not
-  been measured (Cascade Mask R-CNN, Faster R-CNN) is refused by name;
+  quantizes everything, Mask R-CNN everything but its box head, DeepLabV3+ its backbone only
+  (those heads in int8 put OpenVINO's metrics too far from ONNX Runtime's). A model type
+  whose int8 accuracy has not been measured (Cascade Mask R-CNN, Faster R-CNN) is refused by
+  name;
 - the activation ranges are the minima and maxima (ONNX Runtime's ``MinMax`` calibration) over
   N images of the config's training set, evenly spaced through it, each run through the
   config's test pipeline and data preprocessor as the runtime prepares an image.
@@ -32,7 +33,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,24 +64,33 @@ class QuantizationPolicy:
 
     Attributes:
         depthwise: the backbone's depthwise 7x7 convolutions (``Conv`` with ``group > 1``).
-        heads: everything outside the backbone (neck, decode/auxiliary heads, RPN and RoI
-            heads).
+        modules: the exported graph's modules whose weighted operators are quantized, as
+            module paths (:func:`module_path`: ``backbone``, ``neck``, ``rpn_head``,
+            ``mask_head``, ``bbox_head.shared_fcs``, ``decode_head``, ...), each with
+            everything inside it; ``None``: every module.
     """
 
     depthwise: bool
-    heads: bool
+    modules: tuple[str, ...] | None = None
+
+    def quantizes(self, path: str) -> bool:
+        """Whether the weighted operators of the graph's module ``path`` (:func:`module_path`)
+        are quantized: it is one of :attr:`modules` or inside one."""
+        return self.modules is None or any(is_inside(path, module) for module in self.modules)
 
 
 #: (model type, head type) whose int8 export was measured on the demo (docs/deployment.md)
 VERIFIED_POLICIES: dict[tuple[str, str], QuantizationPolicy] = {
-    ('EncoderDecoder', 'UPerHead'): QuantizationPolicy(depthwise=True, heads=True),
-    # the quick Mask R-CNN demo: with the heads quantized too, OpenVINO's int8 bbox mAP was
-    # 0.009 from ONNX Runtime's (goal: 0.005); with the heads fp32, 0.001 (docs/deployment.md)
-    ('MaskRCNN', 'StandardRoIHead'): QuantizationPolicy(depthwise=True, heads=False),
+    ('EncoderDecoder', 'UPerHead'): QuantizationPolicy(depthwise=True),
+    # the quick Mask R-CNN demo: with the box head quantized too (or only its first fc),
+    # OpenVINO's int8 bbox mAP was 0.007 to 0.009 from ONNX Runtime's (goal: 0.005); with the
+    # box head fp32, 0.003 (docs/deployment.md)
+    ('MaskRCNN', 'StandardRoIHead'): QuantizationPolicy(
+        depthwise=True, modules=('backbone', 'neck', 'rpn_head', 'mask_head')),
     # the quick DeepLabV3+ demo: with the ASPP head quantized too, OpenVINO's int8 mIoU was
     # 0.98 from ONNX Runtime's (goal: 0.2); with the head fp32, 0.01 (docs/deployment.md)
     ('EncoderDecoder', 'DepthwiseSeparableASPPHead'): QuantizationPolicy(depthwise=True,
-                                                                         heads=False),
+                                                                         modules=('backbone',)),
 }
 
 
@@ -120,25 +130,37 @@ def is_depthwise(node: Any) -> bool:
     return node.op_type == 'Conv' and any(a.name == 'group' and a.i > 1 for a in node.attribute)
 
 
-def _in_backbone(node: Any) -> bool:
-    return node.name.startswith('/backbone/')
+def is_inside(path: str, module: str) -> bool:
+    """Whether the module path ``path`` is ``module`` or a module inside it."""
+    return path == module or path.startswith(module + '.')
+
+
+def module_path(node: Any) -> str:
+    """The module path of a node of the exported graph, from its name:
+    ``/bbox_head/shared_fcs.0/Gemm`` is ``bbox_head.shared_fcs.0``'s; ``''`` for a node named
+    otherwise."""
+    return '.'.join(node.name.split('/')[1:-1]) if node.name.startswith('/') else ''
 
 
 def nodes_to_quantize(model: Any, policy: QuantizationPolicy) -> list[str]:
     """The names of the graph's nodes ``policy`` quantizes: weighted operators
-    (:data:`WEIGHTED_OPS` whose second input is a weight), less the depthwise convolutions
-    and the nodes outside the backbone where the policy keeps them fp32."""
+    (:data:`WEIGHTED_OPS` whose second input is a weight) of the modules the policy names,
+    less the depthwise convolutions where the policy keeps them fp32.
+
+    Raises:
+        ValueError: the policy names a module the graph has no weighted operator in (a
+            misspelt name would quantize nothing of it).
+    """
     initializers = {init.name for init in model.graph.initializer}
-    names = []
-    for node in model.graph.node:
-        if node.op_type not in WEIGHTED_OPS or not _weight_is_initializer(node, initializers):
-            continue
-        if is_depthwise(node) and not policy.depthwise:
-            continue
-        if not _in_backbone(node) and not policy.heads:
-            continue
-        names.append(node.name)
-    return names
+    weighted = [node for node in model.graph.node
+                if node.op_type in WEIGHTED_OPS and _weight_is_initializer(node, initializers)]
+    missing = [module for module in policy.modules or ()
+               if not any(is_inside(module_path(node), module) for node in weighted)]
+    if missing:
+        raise ValueError(f'quantization policy: the graph has no weighted operator in '
+                         f'{", ".join(missing)}')
+    return [node.name for node in weighted if policy.quantizes(module_path(node))
+            and (policy.depthwise or not is_depthwise(node))]
 
 
 def unshare_initializers(model: Any) -> int:
@@ -315,12 +337,13 @@ def export_int8(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
                 tool='onnxruntime.quantization.quantize_static', format='QDQ',
                 weights='int8 per channel', activations='uint8', calibration='MinMax',
                 calibration_images=count, calibration_set=str(source),
-                quantized_nodes=quantized, **{f'quantize_{k}': v
-                                              for k, v in asdict(policy).items()})
+                quantized_nodes=quantized, quantize_depthwise=policy.depthwise,
+                quantized_modules=('all' if policy.modules is None
+                                   else list(policy.modules)))
             (staging / DEPLOY_FILE).write_text(json.dumps(info, indent=2) + '\n')
     return out_dir / ONNX_FILE
 
 
 __all__ = ['DEFAULT_CALIB_IMAGES', 'MIN_CALIB_IMAGES', 'QuantizationPolicy', 'VERIFIED_POLICIES',
            'calibration_count', 'export_int8', 'is_depthwise', 'load_for_quantization',
-           'model_kind', 'nodes_to_quantize', 'quantize_file', 'verified_policy']
+           'model_kind', 'module_path', 'nodes_to_quantize', 'quantize_file', 'verified_policy']

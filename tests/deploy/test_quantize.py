@@ -34,7 +34,6 @@ from convnext_dense.deploy.quantize import (
     export_int8,
     nodes_to_quantize,
     quantize_file,
-    verified_policy,
 )
 from tests.conftest import run_tool_main
 
@@ -70,9 +69,9 @@ def _producers(graph) -> dict[str, onnx.NodeProto]:
 
 
 def _weight_quantized(graph) -> list[onnx.NodeProto]:
-    """The Conv, MatMul and Gemm nodes whose weight comes out of a DequantizeLinear."""
+    """The weighted nodes whose weight comes out of a DequantizeLinear."""
     producers = _producers(graph)
-    return [n for n in graph.node if n.op_type in ('Conv', 'MatMul', 'Gemm')
+    return [n for n in graph.node if n.op_type in ('Conv', 'ConvTranspose', 'MatMul', 'Gemm')
             and n.input[1] in producers and producers[n.input[1]].op_type == 'DequantizeLinear']
 
 
@@ -145,7 +144,7 @@ def test_deeplab_int8_quantizes_the_backbone_only_and_its_logits_stay_close(tmp_
     quantized = [n.name for n in _weight_quantized(onnx.load(str(int8)).graph)]
     assert len(quantized) > 20 and all(name.startswith('/backbone/') for name in quantized)
     assert json.loads((int8.parent / 'deploy.json').read_text())['quantization'][
-        'quantize_heads'] is False
+        'quantized_modules'] == ['backbone']
     batch = np.random.default_rng(0).normal(size=(1, 3, 64, 96)).astype(np.float32)
     with torch.no_grad():
         fp32 = export_graph(model, 'segmentation').eval()(torch.from_numpy(batch)).numpy()
@@ -162,7 +161,7 @@ def _graph_of(nodes: list[onnx.NodeProto], weights: list[str]) -> onnx.ModelProt
                                                          initializers))
 
 
-def test_policy_keeps_depthwise_convolutions_and_heads_fp32():
+def test_policy_quantizes_the_modules_it_names_and_the_depthwise_convolutions_if_it_says():
     make = onnx.helper.make_node
     model = _graph_of([
         make('Conv', ['x', 'w0'], ['a'], name='/backbone/stages.0/dwconv/Conv', group=4),
@@ -171,15 +170,22 @@ def test_policy_keeps_depthwise_convolutions_and_heads_fp32():
         make('MatMul', ['c', 'c'], ['d'], name='/decode_head/pool/MatMul'),  # no weight
         make('LayerNormalization', ['d', 'w3'], ['x'], name='/backbone/norm0/LN'),
     ], ['w0', 'w1', 'w2', 'w3'])
-    quantized = {(depthwise, heads): nodes_to_quantize(model, QuantizationPolicy(depthwise,
-                                                                                   heads))
-                 for depthwise in (True, False) for heads in (True, False)}
+    quantized = {(depthwise, modules): nodes_to_quantize(model, QuantizationPolicy(depthwise,
+                                                                                     modules))
+                 for depthwise in (True, False)
+                 for modules in (None, ('backbone',), ('decode_head',))}
     assert quantized == {
-        (True, True): ['/backbone/stages.0/dwconv/Conv', '/backbone/stages.0/pwconv1/MatMul',
+        (True, None): ['/backbone/stages.0/dwconv/Conv', '/backbone/stages.0/pwconv1/MatMul',
                        '/decode_head/conv_seg/Conv'],
-        (True, False): ['/backbone/stages.0/dwconv/Conv', '/backbone/stages.0/pwconv1/MatMul'],
-        (False, True): ['/backbone/stages.0/pwconv1/MatMul', '/decode_head/conv_seg/Conv'],
-        (False, False): ['/backbone/stages.0/pwconv1/MatMul']}
+        (True, ('backbone',)): ['/backbone/stages.0/dwconv/Conv',
+                                '/backbone/stages.0/pwconv1/MatMul'],
+        (True, ('decode_head',)): ['/decode_head/conv_seg/Conv'],
+        (False, None): ['/backbone/stages.0/pwconv1/MatMul', '/decode_head/conv_seg/Conv'],
+        (False, ('backbone',)): ['/backbone/stages.0/pwconv1/MatMul'],
+        (False, ('decode_head',)): ['/decode_head/conv_seg/Conv']}
+    # a module without weighted operators (misspelt, or renamed in the graph) is refused
+    with pytest.raises(ValueError, match='no weighted operator in decode_heads'):
+        nodes_to_quantize(model, QuantizationPolicy(True, ('backbone', 'decode_heads')))
 
 
 def test_calibration_ranges_cover_every_image(tmp_path):
@@ -196,7 +202,7 @@ def test_calibration_ranges_cover_every_image(tmp_path):
     feeds = [{'x': (generator.uniform(-1, 1, (1, 4, 8, 8)) * (100 if i == 0 else 1))
               .astype(np.float32)} for i in range(40)]
     quantize_file(tmp_path / 'fp32.onnx', tmp_path / 'int8.onnx', iter(feeds),
-                  QuantizationPolicy(depthwise=True, heads=True))
+                  QuantizationPolicy(depthwise=True))
     graph = onnx.load(str(tmp_path / 'int8.onnx')).graph
     quantize = next(n for n in graph.node if n.op_type == 'QuantizeLinear' and n.input[0] == 'x')
     scale = next(numpy_helper.to_array(i) for i in graph.initializer if i.name == quantize.input[1])
@@ -277,20 +283,22 @@ def det_int8(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
 
 
 def test_mask_rcnn_int8_export_is_qdq_runs_and_its_features_stay_close_to_fp32(det_int8):
-    """The verified policy's nodes are quantized (the RoI head's too, where the policy says
-    so); ONNX Runtime runs the graph; the feature pyramid that feeds the RPN and RoI heads
+    """The verified policy's nodes are quantized (all but the box head's); ONNX Runtime runs
+    the graph; the feature pyramid that feeds the RPN and RoI heads
     stays within 10 % of PyTorch's (the detections of random weights have near-equal scores,
     too many ties to compare one by one)."""
     model, int8 = det_int8
     graph = onnx.load(str(int8))
     quantized = {n.name for n in _weight_quantized(graph.graph)}
-    policy = verified_policy(load_config(DET_DEMO))
-    in_heads = {name.split('/')[1] for name in quantized if not name.startswith('/backbone/')}
-    assert in_heads == ({'neck', 'rpn_head', 'bbox_head', 'mask_head'} if policy.heads
-                        else set()), in_heads
+    weighted = [n for n in graph.graph.node if n.op_type in ('Conv', 'ConvTranspose', 'Gemm')
+                or n.name.startswith('/backbone/') and n.op_type == 'MatMul']
+    # the verified policy: every weighted operator but the box head's four fc layers
+    assert quantized == {n.name for n in weighted if not n.name.startswith('/bbox_head/')}
+    assert sum(n.name.startswith('/bbox_head/') for n in weighted) == 4
     info = json.loads((int8.parent / 'deploy.json').read_text())
     assert info['quantization']['quantized_nodes'] == len(quantized) > 30
-    assert info['quantization']['quantize_heads'] == policy.heads
+    assert info['quantization']['quantized_modules'] == ['backbone', 'neck', 'rpn_head',
+                                                         'mask_head']
     pyramid = [node.output[0] for node in sorted(  # level 0 (finest) first
         (n for n in graph.graph.node
          if n.name.startswith('/neck/fpn_convs.') and n.op_type == 'Conv'),

@@ -61,7 +61,7 @@ def files(tmp_path_factory) -> Files:
     feeds = iter([{'input': generator.normal(size=(1, 3, 64, 96)).astype(np.float32)}
                   for _ in range(4)])
     (tmp / 'int8').mkdir()
-    quantize_file(fp32, tmp / 'int8' / 'end2end.onnx', feeds, QuantizationPolicy(True, True))
+    quantize_file(fp32, tmp / 'int8' / 'end2end.onnx', feeds, QuantizationPolicy(depthwise=True))
     (tmp / 'int8' / 'deploy.json').write_text((fp32.parent / 'deploy.json').read_text())
     image = next((data_root / 'images' / 'validation').iterdir())
     return Files(fp32, tmp / 'int8' / 'end2end.onnx', options, image)
