@@ -138,7 +138,9 @@ def is_inside(path: str, module: str) -> bool:
 def module_path(node: Any) -> str:
     """The module path of a node of the exported graph, from its name:
     ``/bbox_head/shared_fcs.0/Gemm`` is ``bbox_head.shared_fcs.0``'s; ``''`` for a node named
-    otherwise."""
+    otherwise. A module called more than once has a path per call, the later ones with a
+    suffix (the RPN head's convolution, run on each pyramid level: ``rpn_head.rpn_conv``,
+    ``rpn_head.rpn_conv_1``, ...), so a policy names the module around such calls."""
     return '.'.join(node.name.split('/')[1:-1]) if node.name.startswith('/') else ''
 
 

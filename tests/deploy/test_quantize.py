@@ -32,6 +32,7 @@ from convnext_dense.deploy.quantize import (
     QuantizationPolicy,
     calibration_count,
     export_int8,
+    module_path,
     nodes_to_quantize,
     quantize_file,
 )
@@ -186,6 +187,19 @@ def test_policy_quantizes_the_modules_it_names_and_the_depthwise_convolutions_if
     # a module without weighted operators (misspelt, or renamed in the graph) is refused
     with pytest.raises(ValueError, match='no weighted operator in decode_heads'):
         nodes_to_quantize(model, QuantizationPolicy(True, ('backbone', 'decode_heads')))
+
+
+def test_a_policy_module_covers_the_modules_inside_it_and_no_namesake():
+    make = onnx.helper.make_node
+    assert module_path(make('Gemm', ['x', 'w'], ['y'], name='/bbox_head/shared_fcs.0/Gemm')) \
+        == 'bbox_head.shared_fcs.0'
+    assert module_path(make('Gemm', ['x', 'w'], ['y'], name='Gemm_12')) == ''
+    policy = QuantizationPolicy(depthwise=True, modules=('bbox_head.shared_fcs', 'neck'))
+    assert policy.quantizes('bbox_head.shared_fcs') and policy.quantizes('bbox_head.shared_fcs.1')
+    assert policy.quantizes('neck.fpn_convs.0.conv')
+    assert not policy.quantizes('bbox_head.fc_cls') and not policy.quantizes('bbox_head')
+    assert not policy.quantizes('neck_extra.conv') and not policy.quantizes('')
+    assert QuantizationPolicy(depthwise=True).quantizes('')  # every module, unnamed nodes too
 
 
 def test_calibration_ranges_cover_every_image(tmp_path):
