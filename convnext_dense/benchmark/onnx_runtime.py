@@ -28,7 +28,7 @@ import torch
 from ..apis.models import build_model
 from ..apis.runner import load_config
 from ..deploy.export import export_graph, export_onnx, graph_inputs, require_onnx, task_of
-from ..deploy.quantize import VERIFIED_POLICIES, QuantizationPolicy, model_kind, quantize_file
+from ..deploy.quantize import QuantizationPolicy, int8_policy, quantize_file
 from ..deploy.sessions import open_runtime_session, require_openvino
 
 #: the timed exports: (runtime, precision)
@@ -50,9 +50,8 @@ def describe_policy(policy: QuantizationPolicy) -> str:
 def benchmark_policy(cfg: Any) -> tuple[QuantizationPolicy, str]:
     """The policy ``tools/export.py --int8`` uses for ``cfg``'s model type, or
     :data:`BENCHMARK_POLICY` where ``--int8`` refuses the type; with its description."""
-    kind = model_kind(cfg)
-    if kind in VERIFIED_POLICIES:
-        policy = VERIFIED_POLICIES[kind]
+    policy = int8_policy(cfg)
+    if policy is not None:
         return policy, f'{describe_policy(policy)}: `--int8`'
     return BENCHMARK_POLICY, (f'{describe_policy(BENCHMARK_POLICY)}: not `--int8` (refused '
                               'for this model type, its int8 accuracy unmeasured)')

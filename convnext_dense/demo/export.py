@@ -14,7 +14,7 @@ from ..apis.config_files import packaged_config
 from ..apis.inference import IMAGE_SUFFIXES, run_inference
 from ..apis.runner import build_runner, load_config, prepare_test_cfg
 from ..deploy.export import export_onnx
-from ..deploy.quantize import VERIFIED_POLICIES, export_int8, model_kind
+from ..deploy.quantize import export_int8, int8_policy
 from ..deploy.runtime import load_onnx_model, use_onnx_runtime
 from .run import data_root_options, get_task
 
@@ -67,7 +67,7 @@ def export_demo(task: str, work_dir: PathLike = 'work_dirs/demo',
     print_log(f'Exported {checkpoint} to {onnx_file}', logger='current')
     runs = [('pytorch', checkpoint, 'onnxruntime'), ('onnxruntime', onnx_file, 'onnxruntime'),
             ('openvino', onnx_file, 'openvino')]
-    if model_kind(cfg) in VERIFIED_POLICIES:
+    if int8_policy(cfg) is not None:
         int8_file = export_int8(config, str(checkpoint), run_dir / 'onnx_int8', force=True,
                                 cfg_options=options, fp32_export=onnx_file)
         print_log(f'Exported {checkpoint} to {int8_file} (int8)', logger='current')

@@ -105,6 +105,12 @@ def model_kind(cfg: Config) -> tuple[str, str]:
     return _type_name(cfg.model), _type_name(head)
 
 
+def int8_policy(cfg: Config) -> QuantizationPolicy | None:
+    """The verified quantization policy of ``cfg``'s model type, ``None`` for a type whose
+    int8 export has not been verified."""
+    return VERIFIED_POLICIES.get(model_kind(cfg))
+
+
 def verified_policy(cfg: Config) -> QuantizationPolicy:
     """The quantization policy of ``cfg``'s model type.
 
@@ -112,13 +118,14 @@ def verified_policy(cfg: Config) -> QuantizationPolicy:
         ExportError: the model type's int8 export has not been verified (named, with the
             verified ones).
     """
-    kind = model_kind(cfg)
-    if kind not in VERIFIED_POLICIES:
+    policy = int8_policy(cfg)
+    if policy is None:
+        kind = model_kind(cfg)
         verified = ', '.join(f'{model} with {head}' for model, head in VERIFIED_POLICIES)
         raise ExportError(f'{cfg.filename or "config"}: --int8 is not verified for a {kind[0]} '
                           f'with {kind[1] or "no head"} (its int8 accuracy has not been '
                           f'measured); verified: {verified}. Export it in fp32 (without --int8)')
-    return VERIFIED_POLICIES[kind]
+    return policy
 
 
 def _weight_is_initializer(node: Any, initializers: set[str]) -> bool:
@@ -347,5 +354,6 @@ def export_int8(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
 
 
 __all__ = ['DEFAULT_CALIB_IMAGES', 'MIN_CALIB_IMAGES', 'QuantizationPolicy', 'VERIFIED_POLICIES',
-           'calibration_count', 'export_int8', 'is_depthwise', 'load_for_quantization',
-           'model_kind', 'module_path', 'nodes_to_quantize', 'quantize_file', 'verified_policy']
+           'calibration_count', 'export_int8', 'int8_policy', 'is_depthwise', 'is_inside',
+           'load_for_quantization', 'model_kind', 'module_path', 'nodes_to_quantize',
+           'quantize_file', 'verified_policy']
