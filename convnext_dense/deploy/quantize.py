@@ -161,14 +161,14 @@ def nodes_to_quantize(model: Any, policy: QuantizationPolicy) -> list[str]:
             misspelt name would quantize nothing of it).
     """
     initializers = {init.name for init in model.graph.initializer}
-    weighted = [node for node in model.graph.node
+    weighted = [(node, module_path(node)) for node in model.graph.node
                 if node.op_type in WEIGHTED_OPS and _weight_is_initializer(node, initializers)]
     missing = [module for module in policy.modules or ()
-               if not any(is_inside(module_path(node), module) for node in weighted)]
+               if not any(is_inside(path, module) for _, path in weighted)]
     if missing:
         raise ValueError(f'quantization policy: the graph has no weighted operator in '
                          f'{", ".join(missing)}')
-    return [node.name for node in weighted if policy.quantizes(module_path(node))
+    return [node.name for node, path in weighted if policy.quantizes(path)
             and (policy.depthwise or not is_depthwise(node))]
 
 
