@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f'error: {exc}', file=sys.stderr)
             return 1
         metrics = runner.test()
+        # the group can end only when the Runner (its DDP wrapper holds the group) is freed
+        del runner
     print({k: round(float(v), 4) if isinstance(v, numbers.Real) else v
            for k, v in metrics.items()})
     return 0

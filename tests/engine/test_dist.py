@@ -1,7 +1,11 @@
 """destroy_process_group_after_success: the group a run created ends with the run."""
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
+import torch
 import torch.distributed as dist
 from mmengine.logging import MMLogger
 
@@ -23,6 +27,27 @@ def test_a_group_created_in_the_block_is_destroyed_when_it_succeeds(tmp_path, ca
         dist.all_gather_object(out, 'x')  # a gloo collective, as the replica check's
     assert not dist.is_initialized()
     assert 'Destroyed the process group (gloo, 1 ranks)' in capsys.readouterr().out
+
+
+def test_the_block_frees_a_ddp_wrapper_in_a_reference_cycle_before_destroying_its_group(
+        tmp_path):
+    # as a Runner's: its loops point back at it, so only the cyclic collector frees it (and
+    # the DDP wrapper it holds); the automatic collector is off so that it cannot do it first
+    gc.disable()
+    try:
+        with destroy_process_group_after_success():
+            init_single_process_group(tmp_path)
+            wrapper = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+            wrapper.cycle = [wrapper]
+            group = weakref.ref(wrapper.process_group)
+            freed_wrapper = weakref.ref(wrapper)
+            del wrapper
+            assert freed_wrapper() is not None  # still there, in its cycle
+    finally:
+        gc.enable()
+    assert not dist.is_initialized()
+    assert freed_wrapper() is None
+    assert group() is None  # nothing holds the group: gloo's threads have ended
 
 
 def test_a_block_that_raises_leaves_the_group(tmp_path):
