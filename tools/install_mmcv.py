@@ -49,12 +49,13 @@ RUNTIME_REQUIREMENTS = ('addict', 'numpy', 'opencv-python', 'packaging', 'Pillow
 
 VERIFY_SNIPPET = """
 import importlib.metadata
-import mmcv, torch
-from mmcv.ops import nms, roi_align
-assert mmcv.__version__ == {version!r}, mmcv.__version__
+# the installed distribution first: a missing or other one fails before torch loads
 dist = importlib.metadata.distribution({dist!r})  # the mmcv module is this distribution's
 assert dist.version == {version!r}, dist.version
 assert 'mmcv/__init__.py' in {{str(f).replace(chr(92), '/') for f in dist.files or ()}}, dist
+import mmcv, torch
+from mmcv.ops import nms, roi_align
+assert mmcv.__version__ == {version!r}, mmcv.__version__
 boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.], [50., 50., 60., 60.]])
 scores = torch.tensor([0.9, 0.8, 0.7])
 _, keep = nms(boxes, scores, iou_threshold=0.5)

@@ -41,7 +41,8 @@ def _val_images(cfg, count: int) -> list[Path]:
 
 
 def export_demo(task: str, work_dir: PathLike = 'work_dirs/demo',
-                data_root: Optional[PathLike] = None) -> Dict[str, Dict[str, float]]:
+                data_root: Optional[PathLike] = None,
+                calib_images: Optional[int] = None) -> Dict[str, Dict[str, float]]:
     """Export ``task``'s trained demo model and compare the exports' runtimes with PyTorch on
     val.
 
@@ -51,6 +52,8 @@ def export_demo(task: str, work_dir: PathLike = 'work_dirs/demo',
     ``onnx_metrics.json`` (the metrics of each and the differences: ONNX Runtime against
     PyTorch, int8 against fp32, OpenVINO against ONNX Runtime) and ``onnx_infer/`` (ONNX
     Runtime's predictions on the first validation images, drawn, and their JSON).
+    ``calib_images`` calibrates the int8 export on that many training images (default
+    :data:`~convnext_dense.deploy.quantize.DEFAULT_CALIB_IMAGES`, or all of a smaller set).
 
     Returns:
         The task's headline metrics of ``'pytorch'``, ``'onnxruntime'``, ``'openvino'`` and,
@@ -68,8 +71,8 @@ def export_demo(task: str, work_dir: PathLike = 'work_dirs/demo',
     runs = [('pytorch', checkpoint, 'onnxruntime'), ('onnxruntime', onnx_file, 'onnxruntime'),
             ('openvino', onnx_file, 'openvino')]
     if int8_policy(cfg) is not None:
-        int8_file = export_int8(config, str(checkpoint), run_dir / 'onnx_int8', force=True,
-                                cfg_options=options, fp32_export=onnx_file)
+        int8_file = export_int8(config, str(checkpoint), run_dir / 'onnx_int8', calib_images,
+                                force=True, cfg_options=options, fp32_export=onnx_file)
         print_log(f'Exported {checkpoint} to {int8_file} (int8)', logger='current')
         runs += [('onnxruntime_int8', int8_file, 'onnxruntime'),
                  ('openvino_int8', int8_file, 'openvino')]

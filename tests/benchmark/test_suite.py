@@ -15,11 +15,13 @@ from tests.conftest import load_tool, run_tool_process
 @pytest.mark.slow
 def test_benchmark_tool_writes_the_report(tmp_path):
     out = tmp_path / 'bench.md'
-    # Every section of the report, each on its smallest setting: inference only, three of the
-    # implementations (each peak-memory reading is two fresh processes), one whole-model pair
-    # (both pairs' models and losses: tests/benchmark/test_whole_models.py).
+    # Every section of the report, each on its smallest setting: inference only, ours and
+    # mmpretrain's (from the overlay, in the tool's process and in the memory probes; each
+    # peak-memory reading is two fresh processes; the official baseline's model:
+    # test_baselines.py, its columns: test_report.py), one whole-model pair (both pairs' models
+    # and losses: tests/benchmark/test_whole_models.py).
     result = run_tool_process('benchmark', '--archs', 'atto', '--sizes', '64', '--batches', '2',
-                              '--impls', 'ours,official,mmpretrain', '--modes', 'infer',
+                              '--impls', 'ours,mmpretrain', '--modes', 'infer',
                               '--reps', '1', '--threads', '1',
                               '--options', 'channels_last,with_cp,amp', '--option-sizes', '64',
                               '--memory-sizes', '64', '--detector-size', '128x160',
@@ -28,7 +30,7 @@ def test_benchmark_tool_writes_the_report(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
     for expected in ('# Benchmarks', '## Machine', 'python tools/benchmark.py --archs atto',
-                     '## Targets', '| atto | 64x64 | 2 | infer |', 'official img/s',
+                     '## Targets', '| atto | 64x64 | 2 | infer |',
                      'ours+channels_last', 'ours+with_cp', 'ours+amp', '## Where the time goes',
                      '## Peak memory', '## Whole detector', 'images/s',
                      # mmpretrain from the overlay (make setup), in the tool's own process
@@ -38,7 +40,8 @@ def test_benchmark_tool_writes_the_report(tmp_path):
                      '| 64x64 | 2 | 1 |',
                      'whole UperNet-T training step >= 1.00x the mmpretrain-backbone config'):
         assert expected in text, expected
-    assert 'Skipped' not in text and 'timm img/s' not in text and 'Mask R-CNN-T |' not in text
+    assert 'Skipped' not in text and 'Mask R-CNN-T |' not in text
+    assert 'timm img/s' not in text and 'official img/s' not in text
 
 
 def _tiny_settings(**changes) -> Settings:

@@ -22,7 +22,7 @@ from convnext_dense.demo.run import (
     seg_short_schedule,
     train_and_report,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, load_tool
 
 DEMO_CONFIGS = {  # demo config -> the paper's config it must inherit
     'det': ('configs/demo/mask_rcnn_convnext_demo.py', 'configs/mask_rcnn_convnext_t_coco.py'),
@@ -176,6 +176,14 @@ def test_each_demo_has_its_make_target_and_the_export_names_it(tmp_path, task):
         last_checkpoint(tmp_path, task)
 
 
+def test_calib_images_needs_export(capsys):
+    demo = load_tool('demo')
+    assert demo.parse_args(['seg', '--export', '--calib-images', '8']).calib_images == 8
+    with pytest.raises(SystemExit):
+        demo.parse_args(['seg', '--calib-images', '8'])
+    assert '--calib-images calibrates the int8 export of --export' in capsys.readouterr().err
+
+
 def test_unknown_task_is_named():
     with pytest.raises(ValueError,
                        match=r"task must be one of \['deeplab', 'det', 'seg'\], got 'cls'"):
@@ -268,9 +276,16 @@ def test_short_demo_beats_the_untrained_model(tmp_path, task, metric, margin, fi
     for key in finite:
         assert np.isfinite(result.metrics[key])
 
-    # make demo-export: the same checkpoint exported, ONNX Runtime's metrics next to PyTorch's.
+    # make demo-export: the same checkpoint exported, ONNX Runtime's metrics next to PyTorch's;
+    # the int8 export calibrated on the fewest images (its metrics are not checked here: the
+    # demo's int8 numbers are measured in docs/deployment.md)
     from convnext_dense.demo.export import export_demo
-    exported = export_demo(task, tmp_path / 'work', data_root=tmp_path / 'data')
+    from convnext_dense.deploy.quantize import MIN_CALIB_IMAGES
+    exported = export_demo(task, tmp_path / 'work', data_root=tmp_path / 'data',
+                           calib_images=MIN_CALIB_IMAGES)
+    int8_info = json.loads((result.out_dir / 'onnx_int8' / 'deploy.json').read_text())
+    assert int8_info['quantization']['calibration_images'] == MIN_CALIB_IMAGES
+    assert {'onnxruntime_int8', 'openvino_int8'} <= exported.keys()
     for key, tolerance in EXPORT_TOLERANCE[task].items():
         assert exported['pytorch'][key] == pytest.approx(result.metrics[key])
         assert abs(exported['onnxruntime'][key] - exported['pytorch'][key]) <= tolerance, exported
