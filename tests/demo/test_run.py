@@ -256,7 +256,7 @@ SMALL_DATA = {
 #: ONNX Runtime against PyTorch on the same checkpoint (issue #15): mAP on the 0-1 scale, mIoU
 #: in points.
 EXPORT_TOLERANCE = {'det': {'coco/bbox_mAP': 0.005, 'coco/segm_mAP': 0.005},
-                    'seg': {'mIoU': 0.2}, 'deeplab': {'mIoU': 0.2}}
+                    'seg': {'mIoU': 0.2}}
 
 
 @pytest.mark.slow
@@ -267,6 +267,9 @@ EXPORT_TOLERANCE = {'det': {'coco/bbox_mAP': 0.005, 'coco/segm_mAP': 0.005},
     ('deeplab', 'mIoU', 20, ('aAcc',)),
 ])
 def test_short_demo_beats_the_untrained_model(tmp_path, task, metric, margin, finite):
+    """The short run beats the untrained model; then ``make demo-export`` on its checkpoint
+    (det and seg: the demo export's code is the same for DeepLabV3+, whose fp32 and int8
+    exports test_quantize.py compares with PyTorch)."""
     cfg = prepare_demo_cfg(task, tmp_path / 'work', quick=True, data_root=tmp_path / 'data',
                            cfg_options=dict(SMALL_DATA[task]))
     before = untrained_metrics(cfg)
@@ -275,6 +278,8 @@ def test_short_demo_beats_the_untrained_model(tmp_path, task, metric, margin, fi
     assert result.metrics[metric] >= before[metric] + margin, (before, result.metrics)
     for key in finite:
         assert np.isfinite(result.metrics[key])
+    if task not in EXPORT_TOLERANCE:
+        return
 
     # make demo-export: the same checkpoint exported, ONNX Runtime's metrics next to PyTorch's;
     # the int8 export calibrated on the fewest images (its metrics are not checked here: the

@@ -26,7 +26,7 @@ from convnext_dense.apis.runner import load_config
 from convnext_dense.demo.data import make_ade20k_dataset, make_coco_dataset
 from convnext_dense.demo.run import data_root_options
 from convnext_dense.deploy.errors import ExportError
-from convnext_dense.deploy.export import export_graph, graph_inputs
+from convnext_dense.deploy.export import export_graph, export_onnx, graph_inputs
 from convnext_dense.deploy.quantize import (
     MIN_CALIB_IMAGES,
     QuantizationPolicy,
@@ -133,15 +133,18 @@ def test_int8_logits_are_close_to_fp32(exports):
 
 
 def test_deeplab_int8_quantizes_the_backbone_only_and_its_logits_stay_close(tmp_path):
-    """The verified DeepLabV3+ policy: backbone int8, the ASPP head and decoder fp32."""
+    """The verified DeepLabV3+ policy: backbone int8, the ASPP head and decoder fp32; the fp32
+    export it quantizes gives PyTorch's logits."""
     data_root = make_ade20k_dataset(tmp_path / 'data', num_train=4, num_val=1,
                                     image_size=(64, 96), seed=5)
     options = data_root_options(Config.fromfile(DEEPLAB_DEMO), data_root)
     torch.manual_seed(0)
     model = build_model(load_config(DEEPLAB_DEMO, options))
     torch.save({'state_dict': model.state_dict()}, tmp_path / 'deeplab.pth')
+    fp32_file = export_onnx(DEEPLAB_DEMO, str(tmp_path / 'deeplab.pth'), tmp_path / 'fp32',
+                            cfg_options=options)
     int8 = export_int8(DEEPLAB_DEMO, str(tmp_path / 'deeplab.pth'), tmp_path / 'int8',
-                       calib_images=4, cfg_options=options)
+                       calib_images=4, cfg_options=options, fp32_export=fp32_file)
     quantized = [n.name for n in _weight_quantized(onnx.load(str(int8)).graph)]
     assert len(quantized) > 20 and all(name.startswith('/backbone/') for name in quantized)
     assert json.loads((int8.parent / 'deploy.json').read_text())['quantization'][
@@ -149,8 +152,9 @@ def test_deeplab_int8_quantizes_the_backbone_only_and_its_logits_stay_close(tmp_
     batch = np.random.default_rng(0).normal(size=(1, 3, 64, 96)).astype(np.float32)
     with torch.no_grad():
         fp32 = export_graph(model, 'segmentation').eval()(torch.from_numpy(batch)).numpy()
-    logits = ort.InferenceSession(str(int8), providers=['CPUExecutionProvider']).run(
-        None, {'input': batch})[0]
+    fp32_logits, logits = (ort.InferenceSession(str(f), providers=['CPUExecutionProvider']).run(
+        None, {'input': batch})[0] for f in (fp32_file, int8))
+    assert np.linalg.norm(fp32_logits - fp32) / np.linalg.norm(fp32) < 1e-5
     assert np.linalg.norm(logits - fp32) / np.linalg.norm(fp32) < 0.1
 
 
@@ -241,7 +245,6 @@ def test_default_calibration_count_is_capped_by_the_set():
 def test_an_fp32_export_given_is_quantized_as_the_one_export_int8_makes(exports, tmp_path):
     """``fp32_export`` (what ``make demo-export`` passes) skips the second fp32 export and
     gives the same int8 graph."""
-    from convnext_dense.deploy.export import export_onnx
     checkpoint = str(exports.int8.parent.parent / 'seg.pth')
     fp32 = export_onnx(SEG_DEMO, checkpoint, tmp_path / 'fp32', cfg_options=exports.options)
     int8 = export_int8(SEG_DEMO, checkpoint, tmp_path / 'int8', calib_images=4,
