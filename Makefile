@@ -94,8 +94,9 @@ test-fast: setup
 
 # CI's check of the other stack (after `make test`, which runs the full suite on upstream): in
 # its own venv, the non-slow suite and the quick det and seg demos with their checks (the tests
-# marked other_stack: each trains a quick demo, beats the untrained model, exports and
-# evaluates the export); PYTEST_ARGS passes through.
+# marked other_stack: each trains a quick demo and beats the untrained model; the export of
+# a trained demo is checked on upstream, the non-slow suite's export tests run here too);
+# PYTEST_ARGS passes through.
 OTHER_STACK ?= onedl
 test-other-stack:
 	$(MAKE) --no-print-directory STACK=$(OTHER_STACK) test-this-stack-briefly

@@ -62,15 +62,21 @@ def _share_the_cores_between_xdist_workers() -> None:
 _share_the_cores_between_xdist_workers()
 
 
-#: Tests that take minutes each (the short demos train a model from scratch). Under
-#: pytest-xdist each is a work unit of its own and they are handed out first, so that they run
-#: side by side from the start (in their file they would run one after another on one worker).
-LONG_TESTS = ('tests/demo/test_run.py::test_short_demo_beats_the_untrained_model',)
+#: Tests that take minutes (the short demos train a model from scratch, once per task for the
+#: tests of the trained model and of its export). Under pytest-xdist the tests of one task (the
+#: id in brackets) are a work unit of their own, and these units are handed out first, so that
+#: they run side by side from the start (in their file they would run one after another on
+#: one worker).
+LONG_TESTS = ('tests/demo/test_run.py::test_short_demo_beats_the_untrained_model[',
+              'tests/demo/test_run.py::test_short_demo_export_gives_pytorchs_metrics[')
 
 
 def _work_unit(nodeid: str) -> str:
-    """The test's file (``--dist loadfile``), or the test itself for :data:`LONG_TESTS`."""
-    return nodeid if nodeid.startswith(LONG_TESTS) else nodeid.split('::', 1)[0]
+    """The test's file (``--dist loadfile``), or its file and id for :data:`LONG_TESTS`."""
+    file = nodeid.split('::', 1)[0]
+    if nodeid.startswith(LONG_TESTS):
+        return f'{file}[{nodeid.split("[", 1)[1]}'
+    return file
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -259,41 +260,62 @@ EXPORT_TOLERANCE = {'det': {'coco/bbox_mAP': 0.005, 'coco/segm_mAP': 0.005},
                     'seg': {'mIoU': 0.2}}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('task, metric, margin, finite', [
-    # det and seg are the quick demos CI also runs on the other OpenMMLab stack
-    pytest.param('det', 'coco/bbox_mAP_50', 0.2, (), marks=pytest.mark.other_stack),
-    pytest.param('seg', 'mIoU', 20, ('aAcc',), marks=pytest.mark.other_stack),
-    ('deeplab', 'mIoU', 20, ('aAcc',)),
-])
-def test_short_demo_beats_the_untrained_model(tmp_path, task, metric, margin, finite):
-    """The short run beats the untrained model; then ``make demo-export`` on its checkpoint
-    (det and seg: the demo export's code is the same for DeepLabV3+, whose fp32 and int8
-    exports test_quantize.py compares with PyTorch)."""
-    cfg = prepare_demo_cfg(task, tmp_path / 'work', quick=True, data_root=tmp_path / 'data',
+class ShortDemo(NamedTuple):
+    """A short demo run of :data:`SMALL_DATA`'s size: the untrained model's metrics and the
+    trained run's."""
+    task: str
+    root: Path
+    untrained: dict
+    result: object
+
+
+@pytest.fixture(scope='module')
+def short_demo(request, tmp_path_factory) -> ShortDemo:
+    """One short run per task, for the checks of the trained model and of its export (the
+    same worker runs both: conftest.LONG_TESTS)."""
+    task = request.param
+    root = tmp_path_factory.mktemp(f'short_demo_{task}')
+    cfg = prepare_demo_cfg(task, root / 'work', quick=True, data_root=root / 'data',
                            cfg_options=dict(SMALL_DATA[task]))
-    before = untrained_metrics(cfg)
-    result = train_and_report(task, cfg)
+    untrained = untrained_metrics(cfg)
+    return ShortDemo(task, root, untrained, train_and_report(task, cfg))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('short_demo, metric, margin, finite', [
+    # det and seg are the quick demos CI also runs on the other OpenMMLab stack
+    pytest.param('det', 'coco/bbox_mAP_50', 0.2, (), marks=pytest.mark.other_stack, id='det'),
+    pytest.param('seg', 'mIoU', 20, ('aAcc',), marks=pytest.mark.other_stack, id='seg'),
+    pytest.param('deeplab', 'mIoU', 20, ('aAcc',), id='deeplab'),
+], indirect=['short_demo'], scope='module')  # module: one run per task for both tests
+def test_short_demo_beats_the_untrained_model(short_demo, metric, margin, finite):
+    result = short_demo.result
     check_outputs(result, 8)
-    assert result.metrics[metric] >= before[metric] + margin, (before, result.metrics)
+    assert result.metrics[metric] >= short_demo.untrained[metric] + margin, (
+        short_demo.untrained, result.metrics)
     for key in finite:
         assert np.isfinite(result.metrics[key])
-    if task not in EXPORT_TOLERANCE:
-        return
 
-    # make demo-export: the same checkpoint exported, ONNX Runtime's metrics next to PyTorch's;
-    # the int8 export calibrated on the fewest images (its metrics are not checked here: the
-    # demo's int8 numbers are measured in docs/deployment.md)
+
+@pytest.mark.slow
+@pytest.mark.parametrize('short_demo', ['det', 'seg'], indirect=True)
+def test_short_demo_export_gives_pytorchs_metrics(short_demo):
+    """``make demo-export`` on the short run's checkpoint: ONNX Runtime's metrics next to
+    PyTorch's; the int8 export calibrated on the fewest images (its metrics are not checked
+    here: the demo's int8 numbers are measured in docs/deployment.md). DeepLabV3+'s demo
+    export runs the same code; test_quantize.py compares its fp32 and int8 exports with
+    PyTorch."""
     from convnext_dense.demo.export import export_demo
     from convnext_dense.deploy.quantize import MIN_CALIB_IMAGES
-    exported = export_demo(task, tmp_path / 'work', data_root=tmp_path / 'data',
+    task, result = short_demo.task, short_demo.result
+    exported = export_demo(task, short_demo.root / 'work', data_root=short_demo.root / 'data',
                            calib_images=MIN_CALIB_IMAGES)
-    int8_info = json.loads((result.out_dir / 'onnx_int8' / 'deploy.json').read_text())
-    assert int8_info['quantization']['calibration_images'] == MIN_CALIB_IMAGES
-    assert {'onnxruntime_int8', 'openvino_int8'} <= exported.keys()
     for key, tolerance in EXPORT_TOLERANCE[task].items():
         assert exported['pytorch'][key] == pytest.approx(result.metrics[key])
         assert abs(exported['onnxruntime'][key] - exported['pytorch'][key]) <= tolerance, exported
+    int8_info = json.loads((result.out_dir / 'onnx_int8' / 'deploy.json').read_text())
+    assert int8_info['quantization']['calibration_images'] == MIN_CALIB_IMAGES
+    assert {'onnxruntime_int8', 'openvino_int8'} <= exported.keys()
     assert len(list((result.out_dir / 'onnx_infer' / 'vis').glob('*.jpg'))) == 4
     assert json.loads((result.out_dir / 'onnx_metrics.json').read_text())['onnxruntime'] == (
         exported['onnxruntime'])
