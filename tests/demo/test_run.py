@@ -16,6 +16,7 @@ from convnext_dense.apis.runner import build_runner
 from convnext_dense.demo.data import DEMO_CLASSES, ade20k_metainfo, make_coco_dataset
 from convnext_dense.demo.run import (
     TASKS,
+    DemoResult,
     data_root_options,
     plot_curves,
     prepare_demo_cfg,
@@ -266,7 +267,7 @@ class ShortDemo(NamedTuple):
     task: str
     root: Path
     untrained: dict
-    result: object
+    result: DemoResult
 
 
 @pytest.fixture(scope='module')
