@@ -114,6 +114,30 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).norm() / expected.norm().clamp_min(1e-12)).item()
 
 
+@contextlib.contextmanager
+def nan_for_uninitialised_memory():
+    """PyTorch fills each tensor it allocates without values (``torch.empty``,
+    ``torch.Tensor(n)``) with NaN meanwhile (its deterministic mode), so a weight that nothing
+    initialises is NaN every time rather than whatever the allocator returns."""
+    deterministic = torch.utils.deterministic
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+                deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True)
+    deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        deterministic.fill_uninitialized_memory = previous[2]
+
+
+def non_finite_entries(module: torch.nn.Module) -> list[str]:
+    """The names of ``module``'s parameters and buffers that hold a NaN or an infinity."""
+    return [name for name, tensor in module.state_dict().items()
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+
 def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every parameter random values of a scale that keeps activations sane.
 

@@ -1,8 +1,11 @@
 """Build a config's model and load trained weights into it, with key-level errors."""
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
@@ -15,12 +18,13 @@ from .toolbox import toolbox_of
 
 def build_toolbox_model(toolbox: str, model_cfg: Mapping) -> nn.Module:
     """A model config built by ``toolbox``'s (``'mmdet'``/``'mmseg'``) registry, in its
-    scope; weights as the modules initialise them (no ``init_weights``)."""
+    scope; weights as the modules initialise them (no ``init_weights``). ``model_cfg`` is
+    left as it was (mmdet's DETR detectors write into the head's config as they build)."""
     import importlib
     importlib.import_module(f'{toolbox}.models')  # registers the toolbox's models
     registry = importlib.import_module(f'{toolbox}.registry').MODELS
     with DefaultScope.overwrite_default_scope(toolbox):
-        return registry.build(model_cfg)
+        return registry.build(copy.deepcopy(model_cfg))
 
 
 def build_model(cfg: Config) -> nn.Module:
@@ -29,6 +33,19 @@ def build_model(cfg: Config) -> nn.Module:
     The backbone's ``init_cfg`` (ImageNet weights) is not applied: trained weights follow.
     """
     return build_toolbox_model(toolbox_of(cfg), cfg.model).eval()
+
+
+@contextlib.contextmanager
+def quiet_mmengine_logger() -> Iterator[None]:
+    """mmengine's current logger at WARNING meanwhile."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def load_trained_weights(model: nn.Module, checkpoint: str | os.PathLike) -> None:

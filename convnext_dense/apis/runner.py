@@ -7,7 +7,6 @@ Runner does the work.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import os
 import os.path as osp
@@ -297,9 +296,9 @@ def checkpoint_misfit(cfg: Config, checkpoint: str, local: str | None = None,
     model_cfg, toolbox = cfg.model if model_cfg is None else model_cfg, toolbox_of(cfg)
     try:
         with torch.device('meta'):
-            model = build_toolbox_model(toolbox, copy.deepcopy(model_cfg))
+            model = build_toolbox_model(toolbox, model_cfg)
     except (NotImplementedError, RuntimeError):  # a module that computes at build time
-        model = build_toolbox_model(toolbox, copy.deepcopy(model_cfg))
+        model = build_toolbox_model(toolbox, model_cfg)
     return describe_misfit(state, model, str(checkpoint), "the config's model")
 
 

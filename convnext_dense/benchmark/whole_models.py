@@ -28,10 +28,9 @@ on the machine hits both alike. mmpretrain must be importable in this process
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -133,7 +132,7 @@ def build_pair(pair: WholeModelPair, size: Size, seed: int = 0,
     ``overrides`` are merged into both backbone configs (tests: ``drop_path_rate=0``).
     Needs mmpretrain importable (:func:`~.mmpretrain_env.activate_mmpretrain`).
     """
-    from ..apis.models import build_toolbox_model
+    from ..apis.models import build_toolbox_model, quiet_mmengine_logger
     from ..checkpoint.whole_model import convert_whole_checkpoint
     toolbox, ours_cfg, reference_cfg = pair_configs(pair, size)
     for model_cfg in (ours_cfg, reference_cfg):
@@ -144,7 +143,7 @@ def build_pair(pair: WholeModelPair, size: Size, seed: int = 0,
         raise RuntimeError(f'{pair.reference}: its backbone is {backbone_module}, not '
                            "mmpretrain's ConvNeXt")
     torch.manual_seed(seed)
-    with _quiet_mmengine():  # init_weights logs every parameter
+    with quiet_mmengine_logger():  # init_weights logs every parameter
         reference.init_weights()
     conversion = convert_whole_checkpoint({'state_dict': reference.state_dict()},
                                           source=f'{pair.title} with mmpretrain.ConvNeXt',
@@ -152,21 +151,6 @@ def build_pair(pair: WholeModelPair, size: Size, seed: int = 0,
     ours = build_toolbox_model(toolbox, ours_cfg)
     ours.load_state_dict(conversion.state_dict, strict=True)
     return {'ours': ours.train(), 'mmpretrain': _train(reference)}
-
-
-@contextlib.contextmanager
-def _quiet_mmengine() -> Iterator[None]:
-    """mmengine's current logger at WARNING meanwhile."""
-    import logging
-
-    from mmengine.logging import MMLogger
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _train(model: nn.Module) -> nn.Module:

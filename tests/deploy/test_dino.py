@@ -2,7 +2,8 @@
 
 The shipped DINO config with an atto backbone, one encoder and two decoder layers and 30
 queries (the same modules and post-processing, fewer repeats; the small pictures have fewer
-than 900 encoder tokens), random weights, on the detection demo's pictures and classes.
+than 900 encoder tokens), random weights (``init_weights``, seeded), on the detection demo's
+pictures and classes.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from convnext_dense.deploy.runtime import ONNXRuntimeDetector
 from tests.conftest import run_tool_main
 from tests.deploy.random_exports import (
     export_random_model,
+    initialise_weights,
     paired_predictions,
     runtime_and_test_dataset,
 )
@@ -68,7 +70,7 @@ def dino_export(tmp_path_factory):
     data_root = make_coco_dataset(tmp / 'data', num_train=1, num_val=1, image_size=(96, 144),
                                   seed=3)
     config = dino_config(tmp, data_root)
-    model, onnx_file = export_random_model(config, tmp, 'dino')
+    model, onnx_file = export_random_model(config, tmp, 'dino', init=initialise_weights)
     return model, config, onnx_file, tmp
 
 
