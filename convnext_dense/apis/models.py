@@ -1,4 +1,5 @@
-"""Build a config's model and load trained weights into it, with key-level errors."""
+"""Build a config's model (as built, or seeded and initialised) and load trained weights into
+it, with key-level errors."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,7 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 
+import torch
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from torch import nn
@@ -33,6 +35,26 @@ def build_model(cfg: Config) -> nn.Module:
     The backbone's ``init_cfg`` (ImageNet weights) is not applied: trained weights follow.
     """
     return build_toolbox_model(toolbox_of(cfg), cfg.model).eval()
+
+
+def build_random_model(cfg: Config, seed: int = 0) -> nn.Module:
+    """The config's model with seeded random weights, as training starts it, in eval mode.
+
+    Built and initialised (``init_weights()``) after ``torch.manual_seed(seed)``: the same
+    seed gives the same weights, and no weight is left to uninitialised memory. (A model as
+    built can hold such weights: mmdet's DETR-style detectors create some parameters with
+    ``torch.Tensor(...)`` and fill them only in ``init_weights``, DINO's ``level_embed``, so
+    they are whatever the allocator returns, NaN at times.) The backbone's ``init_cfg``
+    (pretrained weights) is not applied: the weights are random by intent. For benchmarks
+    and tests; trained models load their weights (:func:`load_trained_weights`).
+    """
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.backbone.pop('init_cfg', None)
+    torch.manual_seed(seed)
+    model = build_toolbox_model(toolbox_of(cfg), model_cfg)
+    with quiet_mmengine_logger():  # init_weights logs every parameter
+        model.init_weights()
+    return model.eval()
 
 
 @contextlib.contextmanager

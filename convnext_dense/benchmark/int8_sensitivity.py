@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..apis.models import build_model
+from ..apis.models import build_random_model
 from ..apis.runner import load_config
 from ..deploy.export import export_onnx, graph_inputs, require_onnx, task_of
 from ..deploy.quantize import is_depthwise, load_for_quantization
@@ -143,8 +143,7 @@ def measure(config: str, shape: tuple[int, int], images: int = 2, seed: int = 0,
     other than the calibration's."""
     options = {'model.backbone.init_cfg': None, **(cfg_options or {})}
     cfg = load_config(config, options)
-    torch.manual_seed(seed)
-    model = build_model(cfg)
+    model = build_random_model(cfg, seed=seed)
     inputs = graph_inputs(task_of(cfg), torch.randn(1, 3, *shape))
     with tempfile.TemporaryDirectory(prefix='int8_sensitivity_') as tmp:
         checkpoint = Path(tmp) / 'weights.pth'

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..apis.models import build_model
+from ..apis.models import build_random_model
 from ..apis.runner import load_config
 from ..deploy.export import export_graph, export_onnx, graph_inputs, require_onnx, task_of
 from ..deploy.quantize import QuantizationPolicy, int8_policy, quantize_file
@@ -156,8 +156,7 @@ def compare(config: str, shape: tuple[int, int], threads: int = 2, reps: int = 5
     require_openvino()
     options = {'model.backbone.init_cfg': None}
     cfg = load_config(config, options)
-    torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_random_model(cfg, seed=0)
     graph = export_graph(model, task_of(cfg)).eval()
     inputs = graph_inputs(task_of(cfg), torch.randn(1, 3, *shape))
     with tempfile.TemporaryDirectory() as tmp:

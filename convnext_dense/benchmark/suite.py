@@ -258,15 +258,13 @@ def detector_images_per_s(config: str, size: Size, reps: int, device: torch.devi
     """
     from mmengine.structures import InstanceData  # noqa: F401  (mmdet data samples need it)
 
-    from ..apis.complexity import build_model
+    from ..apis.models import build_random_model
     from ..apis.runner import load_config
     cfg = load_config(config)  # a file, or the shipped config of that name
-    cfg.model.backbone.init_cfg = None
     rcnn_test_cfg = cfg.model.get('test_cfg', {}).get('rcnn')
     if rcnn_test_cfg is not None:
         rcnn_test_cfg.score_thr = 0.0
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device).eval()
+    model = build_random_model(cfg, seed=0).to(device)
     from mmdet.structures import DetDataSample
     height, width = size
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8)

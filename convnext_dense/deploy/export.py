@@ -18,7 +18,7 @@ from mmengine.config import Config
 from torch import nn
 
 from ..apis.inference import dataset_meta
-from ..apis.models import build_model, load_trained_weights
+from ..apis.models import build_model, build_random_model, load_trained_weights
 from ..apis.runner import load_config
 from ..apis.toolbox import toolbox_of
 from .errors import ExportError
@@ -169,8 +169,9 @@ def export_onnx(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
 
     Args:
         config: Config file (or shipped config name).
-        checkpoint: Trained weights (mmengine checkpoint or state dict); ``None`` exports the
-            model as built (random or ``init_cfg`` weights), for tests.
+        checkpoint: Trained weights (mmengine checkpoint or state dict); ``None`` exports
+            seeded random weights (:func:`~convnext_dense.apis.models.build_random_model`,
+            seed 0), for tests.
         out_dir: Output directory: new, empty, or (with ``force``) an earlier export
             (:func:`is_previous_export`); a folder holding anything else is refused. Written
             to a staging folder next to it and swapped in by rename when complete
@@ -192,7 +193,7 @@ def export_onnx(config: str, checkpoint: str | None, out_dir: str | os.PathLike,
     cfg = load_config(config, cfg_options)
     task = task_of(cfg)
     shape = check_shape(tuple(shape) if shape else default_shape(cfg, task))
-    model = build_model(cfg)
+    model = build_model(cfg) if checkpoint is not None else build_random_model(cfg, seed=0)
     check_exportable(model, task)
     if checkpoint is not None:
         load_trained_weights(model, checkpoint)
