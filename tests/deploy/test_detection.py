@@ -188,15 +188,12 @@ def assert_graph_equals_mmdet(detector: Detector, data: dict, outputs: dict) -> 
         assert torch.equal(labels[image, :count], instances.labels)
 
 
-def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
-    union = (a | b).sum().item()
-    return 1.0 if union == 0 else (a & b).sum().item() / union
-
-
 def assert_predictions_match(actual, expected, ori_shape: tuple[int, int],
                              min_matched: float = 1.0) -> None:
     """Each of mmdet's detections has one of ``actual`` with its class and its box within
-    1 px, its score within 1e-3 relative, its mask's IoU >= 0.98 (uint8 masks: within 1);
+    1 px, its score within 1e-3 relative, its mask the same but for 2 % of its pixels or 2
+    pixels, whichever is more (a random model's masks have pixels at the threshold; a small
+    mask with one flipped has an IoU of 0.975) (uint8 masks: within 1);
     at least ``min_matched`` of them (random models score many boxes alike: ONNX Runtime's
     last digits may swap a few in or out of the best ``max_per_img``). Some boxes reach the
     right or bottom border of the image (``ori_shape``)."""
@@ -218,8 +215,10 @@ def assert_predictions_match(actual, expected, ori_shape: tuple[int, int],
             assert all((actual.masks[j].int() - expected.masks[i].int()).abs().max() <= 1
                        for i, j in pairs)
         else:
-            ious = [mask_iou(actual.masks[j], expected.masks[i]) for i, j in pairs]
-            assert min(ious) >= 0.98, sorted(ious)[:5]
+            for i, j in pairs:
+                differing = (actual.masks[j] ^ expected.masks[i]).sum().item()
+                union = (actual.masks[j] | expected.masks[i]).sum().item()
+                assert differing <= max(2, 0.02 * union), (i, differing, union)
     height, width = ori_shape  # the comparison covers boxes clipped at the border
     assert ((expected.bboxes[:, 2] >= width - 0.01) | (
         expected.bboxes[:, 3] >= height - 0.01)).any()

@@ -301,9 +301,13 @@ def det_int8(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
 
 def test_mask_rcnn_int8_export_is_qdq_runs_and_its_features_stay_close_to_fp32(det_int8):
     """The verified policy's nodes are quantized (all but the box head's); ONNX Runtime runs
-    the graph; the feature pyramid that feeds the RPN and RoI heads
-    stays within 10 % of PyTorch's (the detections of random weights have near-equal scores,
-    too many ties to compare one by one)."""
+    the graph; the feature pyramid that feeds the RPN and RoI heads stays within 10 % of
+    PyTorch's (the detections of random weights have near-equal scores, too many ties to
+    compare one by one) where the file's own arithmetic computes it (graph optimisations off:
+    the QuantizeLinear/DequantizeLinear pairs and fp32 operators, the same on every CPU), and
+    within 12.5 % with ONNX Runtime's int8 kernels. (On x86 CPUs without VNNI its uint8 x
+    int8 kernels saturate 16-bit sums, as ONNX Runtime's quantization guide says: 9.4-10.1 %
+    measured there, against 7.9-8.0 % for the file's arithmetic; under 10 % with VNNI.)"""
     model, int8 = det_int8
     graph = onnx.load(str(int8))
     quantized = {n.name for n in _weight_quantized(graph.graph)}
@@ -326,13 +330,17 @@ def test_mask_rcnn_int8_export_is_qdq_runs_and_its_features_stay_close_to_fp32(d
     batch = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, 128, 160))
                              .astype(np.float32))
     feeds = {k: v.numpy() for k, v in graph_inputs('detection', batch).items()}
-    session = ort.InferenceSession(graph.SerializeToString(), providers=['CPUExecutionProvider'])
-    dets, labels, masks, *features = session.run(None, feeds)
-    assert dets.shape == (1, 100, 5) and labels.shape == (1, 100)
-    assert masks.shape == (1, 100, 28, 28) and np.isfinite(dets).all()
     with torch.no_grad():
-        expected = model.extract_feat(batch)
-    for int8_level, fp32_level in zip(features, expected):
-        fp32_level = fp32_level.numpy()
-        relative = np.linalg.norm(int8_level - fp32_level) / np.linalg.norm(fp32_level)
-        assert relative < 0.1, relative
+        expected = [level.numpy() for level in model.extract_feat(batch)]
+    for optimisation, bound in [(ort.GraphOptimizationLevel.ORT_DISABLE_ALL, 0.1),
+                                (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, 0.125)]:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = optimisation
+        session = ort.InferenceSession(graph.SerializeToString(), options,
+                                       providers=['CPUExecutionProvider'])
+        dets, labels, masks, *features = session.run(None, feeds)
+        assert dets.shape == (1, 100, 5) and labels.shape == (1, 100)
+        assert masks.shape == (1, 100, 28, 28) and np.isfinite(dets).all()
+        for int8_level, fp32_level in zip(features, expected):
+            relative = np.linalg.norm(int8_level - fp32_level) / np.linalg.norm(fp32_level)
+            assert relative < bound, (optimisation, relative)

@@ -84,13 +84,15 @@ def test_openvino_gives_onnx_runtimes_outputs(files, precision):
         actual, = ov_session.run({'input': batch})
         assert actual.shape == expected.shape and expected.shape[2:] == (shape[0] // 4,
                                                                          shape[1] // 4)
-        scale = np.abs(expected).max()
-        # fp32: the same arithmetic up to kernel order; int8: the two runtimes round the
-        # requantized activations each their own way
-        tolerance = 1e-4 if precision == 'fp32' else 0.05
-        assert np.abs(actual - expected).max() <= tolerance * scale
-        assert (actual.argmax(1) == expected.argmax(1)).mean() > (
-            0.999 if precision == 'fp32' else 0.9)
+        if precision == 'fp32':  # the same arithmetic up to kernel order
+            assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
+            assert (actual.argmax(1) == expected.argmax(1)).mean() > 0.999
+        else:  # the two runtimes round the requantized activations each their own way, and
+            # ONNX Runtime's int8 kernels saturate on x86 CPUs without VNNI: 4.2 % apart
+            # there, each 4.5-5.8 % from the fp32 file (docs/deployment.md)
+            relative = np.linalg.norm(actual - expected) / np.linalg.norm(expected)
+            assert relative < 0.08, relative
+            assert (actual.argmax(1) == expected.argmax(1)).mean() > 0.9
 
 
 def test_runtime_models_run_openvino(files):
