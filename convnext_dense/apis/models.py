@@ -52,13 +52,19 @@ def build_random_model(cfg: Config, seed: int = 0) -> nn.Module:
     model_cfg.backbone.pop('init_cfg', None)
     torch.manual_seed(seed)
     model = build_toolbox_model(toolbox_of(cfg), model_cfg)
-    with quiet_mmengine_logger():  # init_weights logs every parameter
-        model.init_weights()
+    initialise_weights(model)
     return model.eval()
 
 
+def initialise_weights(model: nn.Module) -> None:
+    """``model.init_weights()`` as training starts it (mmdet's DETR-style detectors fill some
+    parameters only there), without its log line per parameter."""
+    with _quiet_mmengine_logger():
+        model.init_weights()
+
+
 @contextlib.contextmanager
-def quiet_mmengine_logger() -> Iterator[None]:
+def _quiet_mmengine_logger() -> Iterator[None]:
     """mmengine's current logger at WARNING meanwhile."""
     from mmengine.logging import MMLogger
     logger = MMLogger.get_current_instance()

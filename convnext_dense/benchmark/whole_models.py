@@ -132,7 +132,7 @@ def build_pair(pair: WholeModelPair, size: Size, seed: int = 0,
     ``overrides`` are merged into both backbone configs (tests: ``drop_path_rate=0``).
     Needs mmpretrain importable (:func:`~.mmpretrain_env.activate_mmpretrain`).
     """
-    from ..apis.models import build_toolbox_model, quiet_mmengine_logger
+    from ..apis.models import build_toolbox_model, initialise_weights
     from ..checkpoint.whole_model import convert_whole_checkpoint
     toolbox, ours_cfg, reference_cfg = pair_configs(pair, size)
     for model_cfg in (ours_cfg, reference_cfg):
@@ -143,8 +143,7 @@ def build_pair(pair: WholeModelPair, size: Size, seed: int = 0,
         raise RuntimeError(f'{pair.reference}: its backbone is {backbone_module}, not '
                            "mmpretrain's ConvNeXt")
     torch.manual_seed(seed)
-    with quiet_mmengine_logger():  # init_weights logs every parameter
-        reference.init_weights()
+    initialise_weights(reference)
     conversion = convert_whole_checkpoint({'state_dict': reference.state_dict()},
                                           source=f'{pair.title} with mmpretrain.ConvNeXt',
                                           src_format='mmpretrain')

@@ -14,7 +14,7 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import DefaultScope
 from torch import nn
 
-from convnext_dense.apis.models import build_model, quiet_mmengine_logger
+from convnext_dense.apis.models import build_model
 from convnext_dense.apis.runner import load_config
 from convnext_dense.deploy.export import export_onnx
 from convnext_dense.deploy.runtime import use_onnx_runtime
@@ -28,24 +28,19 @@ def export_random_model(config: Path, folder: Path, name: str,
     and exported to ``folder/onnx`` at ``shape``: (the model, its ``end2end.onnx``).
 
     Built with uninitialised memory as NaN: a weight that neither the modules nor ``init``
-    initialise (DINO's ``level_embed`` without :func:`initialise_weights`) fails here every
+    initialise (DINO's ``level_embed`` without
+    :func:`~convnext_dense.apis.models.initialise_weights`) fails here every
     time, not now and then in a comparison."""
     torch.manual_seed(0)
     with nan_for_uninitialised_memory():
         model = build_model(load_config(str(config))).eval()
         if init is not None:
             init(model)
-    assert not non_finite_entries(model), f'{config}: not initialised: {non_finite_entries(model)}'
+    not_initialised = non_finite_entries(model)
+    assert not not_initialised, f'{config}: not initialised: {not_initialised}'
     checkpoint = folder / f'{name}.pth'
     torch.save({'state_dict': model.state_dict()}, checkpoint)
     return model, export_onnx(str(config), str(checkpoint), folder / 'onnx', shape=shape)
-
-
-def initialise_weights(model: nn.Module) -> None:
-    """``model.init_weights()`` as training starts it (mmdet's DETR-style detectors fill some
-    parameters only there), without its log line per parameter."""
-    with quiet_mmengine_logger():
-        model.init_weights()
 
 
 def runtime_and_test_dataset(cfg: Config, onnx_file: Path, scope: str) -> tuple[nn.Module, Any]:

@@ -20,6 +20,7 @@ from mmdet.structures import DetDataSample
 from mmengine.config import Config
 from torchvision.ops import box_iou
 
+from convnext_dense.apis.models import initialise_weights
 from convnext_dense.apis.runner import load_config
 from convnext_dense.demo.data import make_coco_dataset
 from convnext_dense.demo.run import data_root_options
@@ -29,7 +30,6 @@ from convnext_dense.deploy.runtime import ONNXRuntimeDetector
 from tests.conftest import run_tool_main
 from tests.deploy.random_exports import (
     export_random_model,
-    initialise_weights,
     paired_predictions,
     runtime_and_test_dataset,
 )
